@@ -1,0 +1,102 @@
+"""Exceptions raised by xpkit.
+
+Every error derives from :class:`XpkitError`; most also derive from the builtin they
+resemble, so ``except ValueError`` keeps working for callers who do not know xpkit::
+
+    XpkitError
+    ├── ConfigError (ValueError)          bad config key, value, file or experiment
+    ├── SettingsError (ValueError)        bad [tool.xpkit] table in pyproject.toml
+    ├── LockError (ValueError)            unreadable or invalid run.lock
+    │   └── LockVersionError              run.lock written by a newer xpkit
+    ├── RunNotFoundError (LookupError)    no run matches a directory or id prefix
+    │   └── AmbiguousRunError             an id prefix matches several runs
+    ├── DataError (FileNotFoundError)     a tracked data path is missing or unreadable
+    ├── UpstreamError (ValueError)        an upstream run is missing or not completed
+    ├── GitError (RuntimeError)           a git command failed
+    ├── StoreError (RuntimeError)         push / pull to a store failed
+    │   └── UnsafePathError (ValueError)  a store entry would write outside the project
+    ├── TaskError (RuntimeError)          a mapped run's bookkeeping is inconsistent
+    └── NotInRunError (RuntimeError)      a run-only function was called outside a run
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousRunError",
+    "ConfigError",
+    "DataError",
+    "GitError",
+    "LockError",
+    "LockVersionError",
+    "NotInRunError",
+    "RunNotFoundError",
+    "SettingsError",
+    "StoreError",
+    "TaskError",
+    "UnsafePathError",
+    "UpstreamError",
+    "XpkitError",
+    "missing_extra",
+]
+
+
+class XpkitError(Exception):
+    """Base class of every error raised by xpkit."""
+
+
+class ConfigError(XpkitError, ValueError):
+    """A config key, value, file or experiment is invalid."""
+
+
+class SettingsError(XpkitError, ValueError):
+    """The ``[tool.xpkit]`` table of ``pyproject.toml`` is invalid."""
+
+
+class LockError(XpkitError, ValueError):
+    """A run.lock file cannot be read or does not follow the schema."""
+
+
+class LockVersionError(LockError):
+    """A run.lock was written by a newer xpkit with a schema this one does not know."""
+
+
+class RunNotFoundError(XpkitError, LookupError):
+    """No run matches a run directory or run id prefix."""
+
+
+class AmbiguousRunError(RunNotFoundError):
+    """A run id prefix matches more than one run."""
+
+
+class DataError(XpkitError, FileNotFoundError):
+    """A tracked data path is missing or cannot be read."""
+
+
+class UpstreamError(XpkitError, ValueError):
+    """An upstream run is missing or did not complete."""
+
+
+class GitError(XpkitError, RuntimeError):
+    """A git command failed."""
+
+
+class StoreError(XpkitError, RuntimeError):
+    """Pushing to or pulling from a store failed."""
+
+
+class UnsafePathError(StoreError, ValueError):
+    """A store entry or pulled run.lock would write outside the project."""
+
+
+class TaskError(XpkitError, RuntimeError):
+    """The task bookkeeping of a mapped run is inconsistent."""
+
+
+class NotInRunError(XpkitError, RuntimeError):
+    """A function that needs a running stage was called outside one."""
+
+
+def missing_extra(package: str, extra: str) -> ImportError:
+    """Return the ImportError raised when an optional dependency is not installed."""
+    msg = f"{package} is not installed; install it with: pip install 'xpkit[{extra}]'"
+    return ImportError(msg)
