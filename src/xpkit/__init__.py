@@ -1,7 +1,34 @@
-"""xpkit: one function as a script, a console cell and a library, with every run tracked."""
+"""xpkit: one function as a script, a console cell and a library, with every run tracked.
+
+Example:
+    >>> import xpkit as xp  # doctest: +SKIP
+    >>> @xp.stage(data=["raw"])  # doctest: +SKIP
+    ... def main(cfg: Config):
+    ...     xp.log_metrics({"rows": 3})
+    >>> if __name__ == "__main__":  # doctest: +SKIP
+    ...     xp.run(main)
+"""
 
 from __future__ import annotations
 
+from ._context import current, get_logger, log_metrics, track_data, use_run
+from ._run import Run
+from ._script import run
+from ._stage import Stage, stage
+from .errors import XpkitError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Run",
+    "Stage",
+    "XpkitError",
+    "__version__",
+    "current",
+    "get_logger",
+    "log_metrics",
+    "run",
+    "stage",
+    "track_data",
+    "use_run",
+]

@@ -125,10 +125,11 @@ def _load_toml(path: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[import-not-found]
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data: dict[str, Any] = tomllib.load(f)
+            return data
     except tomllib.TOMLDecodeError as e:
         msg = f"{path}: invalid TOML: {e}"
         raise SettingsError(msg) from None
@@ -142,7 +143,7 @@ def _check(pyproject: Path, key: str, value: Any) -> Any:
         allowed = ", ".join(sorted(_FIELD_TYPES))
         msg = f"{pyproject}: unknown key [tool.xpkit] {key!r}{hint} (allowed: {allowed})"
         raise SettingsError(msg)
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types)
         msg = f"{pyproject}: [tool.xpkit] {key} must be {names}, got {value!r}"
         raise SettingsError(msg)

@@ -1,0 +1,62 @@
+"""Reload the project's own modules edited since the last console run (IPython only).
+
+Uses IPython's autoreload machinery (``superreload`` also patches functions and classes
+already imported elsewhere), restricted to modules that live in the project: neither the
+standard library nor installed packages are ever reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import sysconfig
+from typing import Any
+
+from ._settings import find_project_root
+
+__all__ = ["enable_project_reload", "project_modules"]
+
+_reloader: Any = None
+
+
+def enable_project_reload(shell: Any) -> None:
+    """Check project modules for edits before every cell the console runs (idempotent)."""
+    global _reloader
+    if _reloader is None:
+        from IPython.extensions.autoreload import ModuleReloader
+
+        _reloader = ModuleReloader(shell)  # type: ignore[no-untyped-call]
+        _reloader.enabled = True
+        _reloader.check_all = False
+        shell.events.register("pre_run_cell", _before_cell)
+    for name in project_modules():
+        _reloader.mark_module_reloadable(name)
+
+
+def _before_cell(*_: Any) -> None:
+    for name in project_modules():
+        _reloader.mark_module_reloadable(name)
+    _reloader.check()
+
+
+def project_modules() -> list[str]:
+    """Names of imported modules whose file is inside the project root (not installed)."""
+    root = str(find_project_root()) + os.sep
+    skip = tuple(_installed_dirs())
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    names = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or name in ("__main__", "__mp_main__"):
+            continue
+        path = os.path.abspath(file)
+        if path.startswith(root) and not path.startswith(skip) and not path.startswith(package):
+            names.append(name)
+    return names
+
+
+def _installed_dirs() -> list[str]:
+    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
+    dirs.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    return [os.path.abspath(d) + os.sep for d in dirs]

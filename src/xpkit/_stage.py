@@ -1,0 +1,473 @@
+"""``xp.stage``: a tracked function, and the lifecycle of one of its runs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import inspect
+import os
+import signal
+import socket
+import sys
+import traceback
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import _config
+from ._capture import LogFile, capture_output
+from ._context import ActiveRun, RunPlan, drop_logger, make_logger
+from ._locals import call_capturing
+from ._lock import RunLock, dump_yaml, new_run_id, now
+from ._paths import RunPaths, atomic_write_text
+from ._recorders import Recorder, default_recorders
+from ._run import Run
+from ._settings import Settings, load_settings
+from .errors import ConfigError
+
+__all__ = ["Stage", "stage"]
+
+R = TypeVar("R")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM during a run."""
+
+
+class Stage(Generic[R]):
+    """A function ``fn(cfg)`` whose every call is a tracked run.
+
+    Calling the stage builds the config (defaults, then ``cfg``, then ``overrides``), runs
+    ``fn`` in a fresh run directory and returns its value, or raises its exception after
+    recording it. ``stage.fn`` is the raw, untracked function.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        name: str | None = None,
+        data: typing.Iterable[str] = (),
+        upstream: typing.Iterable[str] = (),
+        src: bool = True,
+        save_dir: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            msg = f"xp.stage expects a function, got {type(fn).__name__}"  # type: ignore[unreachable]
+            raise TypeError(msg)
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+        self.name = name or _default_name(fn)
+        self.data = _names("data", data)
+        self.upstream = _names("upstream", upstream)
+        self.src = src
+        self.save_dir = save_dir
+        self.last: Run | None = None
+        self.loggers: list[Callable[..., None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.name!r} of {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # a stage defined in a class body behaves like a function: bind it
+        return self if obj is None else types.MethodType(self, obj)
+
+    @property
+    def schema(self) -> type | None:
+        """The config dataclass: the annotation of the function's first parameter."""
+        return _schema_of(self.fn)
+
+    def config(self, **overrides: Any) -> DictConfig:
+        """The default config (a type-checked OmegaConf ``DictConfig``), with ``overrides``.
+
+        Raises:
+            ConfigError: an override names an unknown key or has the wrong type.
+        """
+        cfg = self._defaults()
+        return _apply_kwargs(cfg, overrides) if overrides else cfg
+
+    def __call__(self, cfg: Any = None, /, **overrides: Any) -> R:
+        """Run the stage, tracked: return the function's value, or raise its exception."""
+        base = self._defaults()
+        if cfg is not None:
+            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
+        if overrides:
+            base = _apply_kwargs(base, overrides)
+        return self._execute(base)
+
+    def logger(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """Register a logging function ``fn(run, mlflow)`` run after every run and by ``xp log``."""
+        self.loggers.append(fn)
+        return fn
+
+    def _defaults(self) -> DictConfig:
+        cfg = _default_config(self.fn)
+        if "save_dir" not in cfg:
+            with open_dict(cfg):
+                cfg.save_dir = self.save_dir or self._default_save_dir()
+        elif self.save_dir is not None:
+            cfg.save_dir = self.save_dir
+        OmegaConf.set_struct(cfg, True)
+        return cfg
+
+    def _default_save_dir(self) -> str:
+        results = load_settings().results_dir
+        return f"{results}/{self.name}/${{now:%y%m%d-%H%M%S}}"
+
+    def _execute(
+        self,
+        cfg: DictConfig,
+        *,
+        argv: typing.Sequence[str] | None = None,
+        fds: bool = False,
+        src: bool = True,
+    ) -> R:
+        """Run ``fn`` on ``cfg`` (not yet resolved) as one tracked run."""
+        settings = load_settings()
+        started = now()
+        view = self
+        if not src and self.src:
+            view = copy.copy(self)
+            view.src = False
+        plan = _plan(view, cfg, settings, started)
+        recorders = default_recorders(plan)
+        for recorder in recorders:
+            recorder.prepare(plan)
+        run_dir = _create_run_dir(settings.resolve(plan.config.save_dir))
+        with open_dict(cfg):
+            cfg.save_dir = _display_path(run_dir)
+        with _config.now_at(started):
+            _config.resolve(cfg)
+        plan = dataclasses.replace(plan, config=cfg)
+        active = _start(plan, run_dir, recorders, argv)
+        self.last = active.run
+        return typing.cast(R, _body(active, recorders, fds=fds))
+
+
+def _plan(stage: Stage[Any], cfg: DictConfig, settings: Settings, started: Any) -> RunPlan:
+    """Check the config resolves (errors before any directory exists)."""
+    probe = copy.deepcopy(cfg)
+    with _config.now_at(started):
+        _config.resolve(probe)
+    if not isinstance(probe.get("save_dir"), str) or not probe.save_dir:
+        msg = f"config key 'save_dir' must be a non-empty path, got {probe.get('save_dir')!r}"
+        raise ConfigError(msg)
+    return RunPlan(stage=stage, config=probe, settings=settings, started=started)
+
+
+def _start(
+    plan: RunPlan, run_dir: Path, recorders: list[Recorder], argv: typing.Sequence[str] | None
+) -> ActiveRun:
+    paths = RunPaths(run_dir)
+    config = _config.to_plain(plan.config)
+    atomic_write_text(paths.config, dump_yaml(config))
+    lock = RunLock(
+        id=new_run_id(),
+        stage=plan.stage.name,
+        dir=plan.settings.relative(run_dir),
+        started=plan.started.isoformat(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        argv=tuple(sys.argv if argv is None else argv),
+        config=config,
+    )
+    logger = make_logger(plan.stage.name, lock.id)
+    active = ActiveRun(plan=plan, run=Run(run_dir), lock=lock, recorders=recorders, logger=logger)
+    active.update_lock()
+    _point_latest(run_dir, plan.settings)
+    return active
+
+
+def _body(active: ActiveRun, recorders: list[Recorder], *, fds: bool) -> Any:
+    log = LogFile(active.paths.log)
+    try:
+        with active, capture_output(log, fds=fds), _sigterm_interrupts():
+            active.logger.info("run %s started in %s", active.id, active.lock.dir)
+            for recorder in recorders:
+                _guarded(active, f"start recording {recorder.key}", recorder.start, active)
+            result, local_vars, exc = call_capturing(active.stage.fn, active.config)
+            _finish(active, recorders, exc, log)
+    finally:
+        log.close()
+        active.close()
+        drop_logger(active.logger)
+    run = active.run
+    run.locals, run.result, run.error = local_vars, result, exc
+    if exc is not None:
+        raise exc.with_traceback(_user_traceback(exc))
+    return result
+
+
+def _finish(
+    active: ActiveRun, recorders: list[Recorder], exc: BaseException | None, log: LogFile
+) -> None:
+    status, error = _outcome(exc)
+    if error is not None:
+        active.logger.error("run %s %s: %s: %s", active.id, status, error["type"], error["message"])
+        log.write(error["traceback"])
+    sections: dict[str, Any] = {}
+    for recorder in recorders:
+        value = _guarded(active, f"record {recorder.key}", recorder.finish, active)
+        if value is not None:
+            sections[recorder.key] = value
+    if active.children:
+        sections["upstream"] = {**sections.get("upstream", {}), **active.children}
+    ended = now()
+    known = {f.name for f in dataclasses.fields(RunLock)}
+    extra = {k: v for k, v in sections.items() if k not in known}
+    lock = active.update_lock(
+        status=status,
+        ended=ended.isoformat(),
+        duration_s=round((ended - active.started).total_seconds(), 3),
+        error=error,
+        metrics=dict(active.last_metrics) or None,
+        extra={**active.lock.extra, **extra},
+        **{k: v for k, v in sections.items() if k in known},
+    )
+    if status == "completed":
+        active.logger.info("run %s completed in %.2f s", active.id, lock.duration_s or 0.0)
+    if active.parent is not None:
+        active.parent.children[lock.dir] = lock.to_dict()
+
+
+def _guarded(active: ActiveRun, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a recorder phase; its failure is a warning, never the run's outcome."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        active.logger.warning("could not %s: %s: %s", what, type(e).__name__, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _outcome(exc: BaseException | None) -> tuple[str, dict[str, str] | None]:
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        return "completed", None
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    error = {
+        "type": _qualified_type(exc),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc))),
+    }
+    return status, error
+
+
+def _qualified_type(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _user_traceback(exc: BaseException) -> types.TracebackType | None:
+    """The traceback without xpkit's own frames on top."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return tb or exc.__traceback__
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Interrupted` so that the run ends ``interrupted``."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("terminated by SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _create_run_dir(path: Path) -> Path:
+    """Create ``path`` atomically, or ``path-1``, ``path-2``... when it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.name}-{n}")
+
+
+def _display_path(run_dir: Path) -> str:
+    """The run directory as the body sees it: relative to cwd when below it."""
+    try:
+        return str(run_dir.relative_to(Path.cwd()))
+    except ValueError:
+        return str(run_dir)
+
+
+def _point_latest(run_dir: Path, settings: Settings) -> None:
+    """Point ``<stage dir>/latest`` at ``run_dir`` (atomically) for runs under the results dir."""
+    results = settings.results_path.resolve()
+    if results not in run_dir.resolve().parents:
+        return
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}.{run_dir.name}"
+    with contextlib.suppress(OSError):
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def _names(what: str, keys: typing.Iterable[str]) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        keys = (keys,)
+    out = tuple(keys)
+    for key in out:
+        if not isinstance(key, str) or not key:
+            msg = f"xp.stage({what}=...) takes config keys (strings), got {key!r}"
+            raise TypeError(msg)
+    return out
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    """The stem of the file defining ``fn`` (a module, a script, a console's file)."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    candidates = [
+        getattr(module, "__file__", None),
+        getattr(getattr(fn, "__code__", None), "co_filename", None),
+        getattr(fn, "__globals__", {}).get("__vsc_ipynb_file__"),
+    ]
+    for file in candidates:
+        if file and str(file).endswith((".py", ".ipynb")) and "ipykernel_" not in str(file):
+            stem = Path(file).stem
+            if stem != "__init__":
+                return stem
+    return getattr(fn, "__name__", "stage")
+
+
+def _schema_of(fn: Callable[..., Any]) -> type | None:
+    param = _config_param(fn)
+    if param is None:
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    kind = hints.get(param.name, param.annotation)
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        return kind
+    default = param.default
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return type(default)
+    return None
+
+
+def _config_param(fn: Callable[..., Any]) -> inspect.Parameter | None:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    return params[0] if params else None
+
+
+def _default_config(fn: Callable[..., Any]) -> DictConfig:
+    param = _config_param(fn)
+    if param is None:
+        name = getattr(fn, "__qualname__", fn)
+        msg = f"stage function {name!r} must take the config as its first parameter"
+        raise TypeError(msg)
+    schema = _schema_of(fn)
+    default = param.default
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return typing.cast(DictConfig, OmegaConf.structured(default))
+    if schema is not None:
+        return typing.cast(DictConfig, OmegaConf.structured(schema))
+    if isinstance(default, DictConfig):
+        return copy.deepcopy(default)
+    if isinstance(default, Mapping):
+        return OmegaConf.create(dict(default))
+    return OmegaConf.create({})
+
+
+def _as_layer(cfg: Any) -> Any:
+    if isinstance(cfg, (DictConfig, Mapping)):
+        return cfg
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return OmegaConf.structured(cfg)
+    msg = f"cfg must be a dataclass instance, a mapping or a DictConfig, got {type(cfg).__name__}"
+    raise ConfigError(msg)
+
+
+def _apply_kwargs(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig:
+    """Merge keyword overrides; a dotted name (``**{"model.lr": 0.1}``) sets a nested key."""
+    layer: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = layer
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    items = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return _config.merge_layer(cfg, layer, source=f"overrides {items}")
+
+
+@overload
+def stage(fn: Callable[..., R], /) -> Stage[R]: ...
+
+
+@overload
+def stage(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = ...,
+    data: typing.Iterable[str] = ...,
+    upstream: typing.Iterable[str] = ...,
+    src: bool = ...,
+    save_dir: str | None = ...,
+) -> Callable[[Callable[..., R]], Stage[R]]: ...
+
+
+def stage(
+    fn: Callable[..., R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    data: typing.Iterable[str] = (),
+    upstream: typing.Iterable[str] = (),
+    src: bool = True,
+    save_dir: str | None = None,
+) -> Stage[R] | Callable[[Callable[..., R]], Stage[R]]:
+    """Make ``fn(cfg)`` a tracked stage; every call is a run with its own directory.
+
+    Args:
+        fn: the function; its first parameter is the config, annotated with a dataclass.
+        name: the stage name (default: the defining file's stem).
+        data: config keys holding file/directory paths hashed on every run.
+        upstream: config keys holding upstream run directories (or ids) this run consumes.
+        src: snapshot the code to the ``run_logs`` branch on every run.
+        save_dir: the run directory pattern (default ``results/<stage>/${now:%y%m%d-%H%M%S}``).
+
+    Example:
+        >>> @xp.stage(data=["raw"])  # doctest: +SKIP
+        ... def main(cfg: Config):
+        ...     return {"rows": len(load(cfg.raw))}
+    """
+
+    def wrap(f: Callable[..., R]) -> Stage[R]:
+        return Stage(f, name=name, data=data, upstream=upstream, src=src, save_dir=save_dir)
+
+    return wrap(fn) if fn is not None else wrap
