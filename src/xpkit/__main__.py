@@ -1,0 +1,9 @@
+"""``python -m xpkit`` is the ``xp`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
