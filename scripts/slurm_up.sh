@@ -67,8 +67,8 @@ if ! alive "$BASE/munge/munged.pid" munged; then
     --seed-file="$BASE/munge/munged.seed" || fail "munged did not start"
 fi
 
-# 3. configuration (rewritten each time; identical unless the env changed)
-cat > "$SLURM_CONF" <<EOF
+# 3. configuration; a running controller re-reads it if it changed
+cat > "$SLURM_CONF.new" <<EOF
 ClusterName=xpkit
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -92,19 +92,25 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 ReturnToService=2
+EnforcePartLimits=ALL
 MinJobAge=600
 KillWait=5
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-
 if [ "$ACCT" = 1 ]; then
-  cat >> "$SLURM_CONF" <<EOF
+  cat >> "$SLURM_CONF.new" <<EOF
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStoragePass=$SOCK
 EOF
+fi
+CHANGED=0
+if cmp -s "$SLURM_CONF.new" "$SLURM_CONF"; then rm -f "$SLURM_CONF.new"
+else mv "$SLURM_CONF.new" "$SLURM_CONF"; CHANGED=1; fi
+
+if [ "$ACCT" = 1 ]; then
   cat > "$BASE/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 AuthInfo=socket=$SOCK
@@ -149,11 +155,14 @@ EOF
 fi
 
 # 5. controller and node daemon
+ping_up() { timeout 5 scontrol ping 2>/dev/null | grep -q UP; }
 if ! alive "$BASE/slurmctld.pid" slurmctld; then
   slurmctld </dev/null >/dev/null 2>&1
+  wait_for 30 ping_up || fail "slurmctld did not answer"
+elif [ "$CHANGED" = 1 ]; then
+  wait_for 30 ping_up || fail "slurmctld did not answer"
+  timeout 10 scontrol reconfigure || fail "scontrol reconfigure failed"
 fi
-ping_up() { timeout 5 scontrol ping 2>/dev/null | grep -q UP; }
-wait_for 30 ping_up || fail "slurmctld did not answer"
 if ! alive "$BASE/slurmd.pid" slurmd; then
   slurmd </dev/null >/dev/null 2>&1
 fi
