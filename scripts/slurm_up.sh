@@ -25,6 +25,7 @@ wait_for() {  # wait_for SECONDS CMD...: retry CMD every 0.25 s
   for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
   return 1
 }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 fail() {
   echo "slurm_up.sh: $*" >&2
   for f in "$BASE"/log/*.log "$BASE"/munge/munged.log; do
@@ -54,6 +55,18 @@ SOCK=$BASE/munge/munge.socket.2
 mkdir -p "$BASE"/{munge,state,spool,log,db}
 chmod 755 "$BASE" "$BASE/munge"            # munged: socket dir must be a+x
 export SLURM_CONF=$BASE/slurm.conf
+
+# fail fast if another cluster holds the ports of a daemon we have to start
+for d in slurmctld:slurmctld.pid:6817 slurmd:slurmd.pid:6818 slurmdbd:slurmdbd.pid:6819 \
+         mariadbd:mysqld.pid:3307; do
+  IFS=: read -r name pidf port <<<"$d"
+  [ "$ACCT" = 1 ] || [ "$port" = 6817 ] || [ "$port" = 6818 ] || continue
+  if ! alive "$BASE/$pidf" "$name" && listening "$port"; then
+    echo "slurm_up.sh: port $port ($name) is taken: is another cluster running?" \
+      "Stop it with slurm_down.sh ITS_BASE_DIR." >&2
+    exit 1
+  fi
+done
 
 # 2. munge, with a private key and socket
 if ! alive "$BASE/munge/munged.pid" munged; then
@@ -141,8 +154,14 @@ EOF
       --socket="$BASE/mysqld.sock" --pid-file="$BASE/mysqld.pid" --port=3307 \
       --bind-address=127.0.0.1 --log-error="$BASE/log/mysqld.log" \
       --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+    mpid=$!
+    for _ in $(seq 1 240); do
+      db -e 'select 1' >/dev/null 2>&1 && break
+      kill -0 "$mpid" 2>/dev/null || break
+      sleep 0.25
+    done
   fi
-  wait_for 60 db -e 'select 1' || fail "MariaDB did not start"
+  db -e 'select 1' >/dev/null 2>&1 || fail "MariaDB did not start"
   db -e "
     CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurmpw';
     CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw';
