@@ -109,10 +109,7 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        msg = f"malformed YAML in {p}{where}: {problem}"
+        msg = f"malformed YAML in {p}{yaml_error_where(e)}"
         raise ConfigError(msg) from None
     if data is None:
         data = {}
@@ -120,6 +117,17 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
         msg = f"config file {p} must hold a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
     return OmegaConf.create(data)
+
+
+def yaml_error_where(e: yaml.YAMLError) -> str:
+    """`` line L column C: problem (while parsing X started at line L)`` of a YAML error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        problem += f" ({context} started at line {start.line + 1})"
+    return f"{where}: {problem}"
 
 
 def select_experiment(file_cfg: DictConfig, name: str, *, source: str) -> DictConfig:

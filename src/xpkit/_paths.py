@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     Readers see the old content or the new one, never a torn file.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
+    # unique per process and thread: concurrent writers never share a temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

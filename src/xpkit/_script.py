@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import _config
 from ._lock import now
 from ._run import Run
-from ._stage import Stage, _user_traceback
+from ._stage import Stage, _source_files, _user_traceback
 from .errors import ConfigError, XpkitError
 
 __all__ = ["build_config", "build_parser", "run"]
@@ -238,12 +238,8 @@ def _script_argv(interactive: bool) -> list[str]:
 
 
 def _script_path(stage: Stage[Any]) -> Path | None:
-    module = sys.modules.get(getattr(stage.fn, "__module__", "") or "")
-    for file in (
-        getattr(module, "__file__", None),
-        getattr(getattr(stage.fn, "__code__", None), "co_filename", None),
-    ):
-        if file and str(file).endswith(".py") and os.path.isfile(file):
+    for file in _source_files(stage.fn):
+        if file.endswith(".py") and os.path.isfile(file):
             return Path(file).resolve()
     return None
 

@@ -266,11 +266,21 @@ def _qualified_type(exc: BaseException) -> str:
 
 
 def _user_traceback(exc: BaseException) -> types.TracebackType | None:
-    """The traceback without xpkit's own frames on top."""
+    """The traceback without xpkit's own frames (the run machinery, the SIGTERM handler)."""
+    kept: list[types.TracebackType] = []
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            kept.append(tb)
         tb = tb.tb_next
-    return tb or exc.__traceback__
+    if not kept:
+        return exc.__traceback__
+    if all(a.tb_next is b for a, b in zip(kept, [*kept[1:], None], strict=True)):
+        return kept[0]  # only leading frames were dropped: the chain is reused as it is
+    out = None
+    for kept_tb in reversed(kept):
+        out = types.TracebackType(out, kept_tb.tb_frame, kept_tb.tb_lasti, kept_tb.tb_lineno)
+    return out
 
 
 @contextlib.contextmanager
@@ -344,18 +354,38 @@ def _names(what: str, keys: typing.Iterable[str]) -> tuple[str, ...]:
 
 def _default_name(fn: Callable[..., Any]) -> str:
     """The stem of the file defining ``fn`` (a module, a script, a console's file)."""
+    for file in _source_files(fn):
+        stem = Path(file).stem
+        if stem != "__init__":
+            return stem
+    return getattr(fn, "__name__", "stage")
+
+
+def _source_files(fn: Callable[..., Any]) -> list[str]:
+    """Candidate paths of the file that defines ``fn``, best first.
+
+    In a Jupyter kernel a cell's code is compiled under a generated name
+    (``/tmp/ipykernel_<pid>/<hash>.py``, or ``<ipython-input-N-hash>``), which is skipped.
+    VSCode's interactive window ("Run Current File" / "Run Cell" of a ``.py`` file) runs
+    ``__file__ = '<path of the .py file>'`` in the kernel before the file's cells
+    (vscode-jupyter, ``InteractiveWindow.setFileInKernel``), so ``__file__`` in the
+    function's globals names the user's script; VSCode notebooks set ``__vsc_ipynb_file__``.
+    """
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    namespace = getattr(fn, "__globals__", {})
     candidates = [
+        namespace.get("__file__"),
         getattr(module, "__file__", None),
         getattr(getattr(fn, "__code__", None), "co_filename", None),
-        getattr(fn, "__globals__", {}).get("__vsc_ipynb_file__"),
+        namespace.get("__vsc_ipynb_file__"),
     ]
-    for file in candidates:
-        if file and str(file).endswith((".py", ".ipynb")) and "ipykernel_" not in str(file):
-            stem = Path(file).stem
-            if stem != "__init__":
-                return stem
-    return getattr(fn, "__name__", "stage")
+    return [
+        str(file)
+        for file in candidates
+        if isinstance(file, str)
+        and file.endswith((".py", ".ipynb"))
+        and not os.path.basename(os.path.dirname(file)).startswith("ipykernel_")
+    ]
 
 
 def _schema_of(fn: Callable[..., Any]) -> type | None:
