@@ -198,7 +198,7 @@ def _body(active: ActiveRun, recorders: list[Recorder], *, fds: bool) -> Any:
         log.close()
         active.close()
         drop_logger(active.logger)
-    run = active.run
+    run = active.run.reload()  # the body may have read run.lock while it said "running"
     run.locals, run.result, run.error = local_vars, result, exc
     if exc is not None:
         raise exc.with_traceback(_user_traceback(exc))
