@@ -55,6 +55,10 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
     except SystemExit as e:  # --help, or an argparse usage error (already printed)
         _exit(interactive, int(e.code or 0))
         return None
+    except XpkitError as e:  # bad settings or defaults, found while describing the fields
+        print(f"error: {e}", file=sys.stderr)
+        _exit(interactive, EXIT_USAGE)
+        return None
     before = stage.last
     try:
         cfg = build_config(stage, options)
