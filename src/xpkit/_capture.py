@@ -15,6 +15,7 @@ import io
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -130,7 +131,11 @@ def capture_output(log: LogFile, *, fds: bool) -> Iterator[None]:
         if use_fds:
             _flush_std()
             for pump in pumps:
-                pump.stop()
+                pump.restore()
+            # a child still holding a pipe open keeps its pump alive: wait 2 s at most in all
+            deadline = time.monotonic() + 2.0
+            for pump in pumps:
+                pump.finish(timeout_s=max(0.0, deadline - time.monotonic()))
             with _state:
                 _fd_capture_active = False
 
@@ -200,11 +205,13 @@ class _FdPump:
                 _write_all(self._saved, chunk)
             self._log.write_bytes(chunk)
 
-    def stop(self) -> None:
-        """Restore the fd and drain what is left in the pipe."""
+    def restore(self) -> None:
+        """Point the fd back where it was; the pump drains what is left in the pipe."""
         os.dup2(self._saved, self._fd)
-        # a child still holding the pipe open would keep the pump alive: don't wait forever
-        self._thread.join(timeout=2.0)
+
+    def finish(self, *, timeout_s: float) -> None:
+        """Wait for the pump to drain the pipe (``timeout_s`` at most) and release its fds."""
+        self._thread.join(timeout=timeout_s)
         if not self._thread.is_alive():
             os.close(self._read_end)
             os.close(self._saved)
