@@ -10,7 +10,6 @@ import ast
 import contextlib
 import dataclasses
 import datetime as dt
-import difflib
 import enum
 import inspect
 import io
@@ -142,6 +141,8 @@ def select_experiment(file_cfg: DictConfig, name: str, *, source: str) -> DictCo
     available = [k for k, v in file_cfg.items_ex(resolve=False) if isinstance(v, DictConfig)]
     listing = ", ".join(str(k) for k in available) or "none"
     if node is None:
+        import difflib
+
         close = difflib.get_close_matches(name, [str(k) for k in available], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         msg = f"no experiment {name!r} in {source}{hint} (available: {listing})"
@@ -220,6 +221,8 @@ def _translate(e: oc_errors.OmegaConfBaseException, cfg: DictConfig, source: str
     key = getattr(e, "full_key", None) or ""
     first = str(getattr(e, "msg", None) or e).splitlines()[0]
     if isinstance(e, oc_errors.ConfigKeyError) and key:
+        import difflib
+
         close = difflib.get_close_matches(key, dotted_keys(cfg), n=3, cutoff=0.5)
         if close:
             hint = f"; closest: {', '.join(close)}"

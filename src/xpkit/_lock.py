@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +154,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> None:
 
 def new_run_id() -> str:
     """A fresh run id: 12 random hex digits, so that a short prefix is unique."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 def now() -> dt.datetime:

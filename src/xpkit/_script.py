@@ -84,10 +84,10 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
 
 def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     """The command line of a stage script (see ``--help``)."""
-    parser = argparse.ArgumentParser(
+    parser = _StageParser(
+        stage,
         prog=_script_name(stage),
         description=_first_line(stage.fn.__doc__) or f"Run the {stage.name!r} stage, tracked.",
-        epilog=_fields_help(stage),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -122,6 +122,20 @@ def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     parser.add_argument("--pdb", action="store_true", help="post-mortem debugger on failure")
     parser.add_argument("--no-src", action="store_true", help="no code snapshot for this run")
     return parser
+
+
+class _StageParser(argparse.ArgumentParser):
+    """The parser of a stage script; the config fields' listing is built for --help only
+    (reading the dataclass source for its comments costs ~10 ms on every run otherwise)."""
+
+    def __init__(self, stage: Stage[Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._stage = stage
+
+    def format_help(self) -> str:
+        if self.epilog is None:
+            self.epilog = _fields_help(self._stage)
+        return super().format_help()
 
 
 def build_config(stage: Stage[Any], options: argparse.Namespace) -> DictConfig:

@@ -8,10 +8,7 @@ import dataclasses
 import functools
 import inspect
 import os
-import signal
-import socket
 import sys
-import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import _config
 from ._capture import LogFile, capture_output
 from ._context import ActiveRun, RunPlan, drop_logger, make_logger
+from ._env import hostname
 from ._locals import call_capturing
 from ._lock import RunLock, dump_yaml, new_run_id, now
 from ._paths import RunPaths, atomic_write_text
@@ -174,7 +172,7 @@ def _start(
         dir=plan.settings.relative(run_dir),
         started=plan.started.isoformat(),
         pid=os.getpid(),
-        host=socket.gethostname(),
+        host=hostname(),
         argv=tuple(sys.argv if argv is None else argv),
         config=config,
     )
@@ -249,6 +247,8 @@ def _guarded(active: ActiveRun, what: str, fn: Callable[..., Any], *args: Any) -
 def _outcome(exc: BaseException | None) -> tuple[str, dict[str, str] | None]:
     if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return "completed", None
+    import traceback
+
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     error = {
         "type": _qualified_type(exc),
@@ -286,6 +286,7 @@ def _user_traceback(exc: BaseException) -> types.TracebackType | None:
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into :class:`Interrupted` so that the run ends ``interrupted``."""
+    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
