@@ -380,3 +380,21 @@ def test_signal_marks_the_run_interrupted_and_exits_130(tmp_path: Path, signum: 
     assert ", in main\n" in lock["error"]["traceback"]
     assert "_stage.py" not in lock["error"]["traceback"]
     assert isinstance(lock["ended"], str)
+
+
+def test_pdb_opens_a_post_mortem_debugger_in_the_failing_frame(tmp_path: Path) -> None:
+    """--pdb: on failure a debugger opens in the body's frame (its locals are there)."""
+    project = make_project(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "prep.py", "fail=true", "param=41", "--pdb"],
+        cwd=project,
+        env=ENV,
+        input="p cfg.param + 1\nq\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "(Pdb)" in out.stdout
+    assert "\n42\n" in out.stdout.replace("(Pdb) ", "\n")
+    assert read_yaml(only_run(project) / "run.lock")["status"] == "failed"
