@@ -15,7 +15,9 @@ import io
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,18 +49,36 @@ class LogFile:
             self._file.close()
 
 
-class _Tee(io.TextIOBase):
-    """A text stream writing to the original stream and to run.log."""
+class _Sink:
+    """Where a run's Python-level output goes: its run.log, unless the fds are captured."""
 
-    def __init__(self, original: IO[str], log: LogFile, *, to_log: bool) -> None:
+    def __init__(self, log: LogFile, *, python_level: bool) -> None:
+        self.log = log
+        self.python_level = python_level
+
+
+# The run whose output this thread/task writes (set per run); threads a run starts do not
+# inherit it and fall back to the innermost run still going in the process.
+_sink: ContextVar[_Sink | None] = ContextVar("xpkit_output_sink", default=None)
+_open_sinks: list[_Sink] = []
+_state = threading.Lock()
+_installed: tuple[_Dispatch, _Dispatch] | None = None
+
+
+class _Dispatch(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` while runs are going: the original stream, and the
+    run.log of the run writing (found per thread, so concurrent runs do not mix logs)."""
+
+    def __init__(self, original: IO[str]) -> None:
         self._original = original
-        self._log = log
-        self._to_log = to_log
 
     def write(self, s: str) -> int:
         n = self._original.write(s)
-        if self._to_log:
-            self._log.write(s)
+        sink = _sink.get()
+        if sink is None and _open_sinks:
+            sink = _open_sinks[-1]
+        if sink is not None and sink.python_level:
+            sink.log.write(s)
         return len(s) if n is None else n
 
     def flush(self) -> None:
@@ -87,32 +107,61 @@ def capture_output(log: LogFile, *, fds: bool) -> Iterator[None]:
     """Copy everything written to stdout/stderr into ``log`` inside the block.
 
     With ``fds=True`` (scripts) the process's fds 1 and 2 are captured as well, once per
-    process: a nested run captures at the Python level only.
+    process: a nested run captures at the Python level only. Runs in concurrent threads
+    each get their own output.
     """
     global _fd_capture_active
-    use_fds = fds and not _fd_capture_active and _fds_usable()
+    with _state:
+        use_fds = fds and not _fd_capture_active and _fds_usable()
+        if use_fds:
+            _fd_capture_active = True
     pumps: list[_FdPump] = []
     if use_fds:
         _flush_std()
         pumps = [_FdPump(1, log), _FdPump(2, log)]
-        _fd_capture_active = True
-    # at fd level the pumps log the bytes; the Python tee must not log them twice
-    out = _Tee(sys.stdout, log, to_log=not use_fds)
-    err = _Tee(sys.stderr, log, to_log=not use_fds)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    # at fd level the pumps log the bytes; the Python level must not log them twice
+    sink = _Sink(log, python_level=not use_fds)
+    _install(sink)
+    token = _sink.set(sink)
     try:
         yield
     finally:
-        if sys.stdout is out:
-            sys.stdout = saved[0]
-        if sys.stderr is err:
-            sys.stderr = saved[1]
+        _sink.reset(token)
+        _uninstall(sink)
         if use_fds:
             _flush_std()
             for pump in pumps:
-                pump.stop()
-            _fd_capture_active = False
+                pump.restore()
+            # a child still holding a pipe open keeps its pump alive: wait 2 s at most in all
+            deadline = time.monotonic() + 2.0
+            for pump in pumps:
+                pump.finish(timeout_s=max(0.0, deadline - time.monotonic()))
+            with _state:
+                _fd_capture_active = False
+
+
+def _install(sink: _Sink) -> None:
+    global _installed
+    with _state:
+        if not _open_sinks:
+            _installed = (_Dispatch(sys.stdout), _Dispatch(sys.stderr))
+            sys.stdout, sys.stderr = _installed
+        _open_sinks.append(sink)
+
+
+def _uninstall(sink: _Sink) -> None:
+    global _installed
+    with _state:
+        _open_sinks.remove(sink)
+        if _open_sinks or _installed is None:
+            return
+        out, err = _installed
+        # a stream replaced meanwhile (by the user, by another tool) is left alone
+        if sys.stdout is out:
+            sys.stdout = out._original
+        if sys.stderr is err:
+            sys.stderr = err._original
+        _installed = None
 
 
 def _flush_std() -> None:
@@ -156,11 +205,13 @@ class _FdPump:
                 _write_all(self._saved, chunk)
             self._log.write_bytes(chunk)
 
-    def stop(self) -> None:
-        """Restore the fd and drain what is left in the pipe."""
+    def restore(self) -> None:
+        """Point the fd back where it was; the pump drains what is left in the pipe."""
         os.dup2(self._saved, self._fd)
-        # a child still holding the pipe open would keep the pump alive: don't wait forever
-        self._thread.join(timeout=2.0)
+
+    def finish(self, *, timeout_s: float) -> None:
+        """Wait for the pump to drain the pipe (``timeout_s`` at most) and release its fds."""
+        self._thread.join(timeout=timeout_s)
         if not self._thread.is_alive():
             os.close(self._read_end)
             os.close(self._saved)

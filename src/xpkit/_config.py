@@ -10,7 +10,6 @@ import ast
 import contextlib
 import dataclasses
 import datetime as dt
-import difflib
 import enum
 import inspect
 import io
@@ -109,10 +108,7 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        msg = f"malformed YAML in {p}{where}: {problem}"
+        msg = f"malformed YAML in {p}{yaml_error_where(e)}"
         raise ConfigError(msg) from None
     if data is None:
         data = {}
@@ -120,6 +116,17 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
         msg = f"config file {p} must hold a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
     return OmegaConf.create(data)
+
+
+def yaml_error_where(e: yaml.YAMLError) -> str:
+    """`` line L column C: problem (while parsing X started at line L)`` of a YAML error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        problem += f" ({context} started at line {start.line + 1})"
+    return f"{where}: {problem}"
 
 
 def select_experiment(file_cfg: DictConfig, name: str, *, source: str) -> DictConfig:
@@ -134,6 +141,8 @@ def select_experiment(file_cfg: DictConfig, name: str, *, source: str) -> DictCo
     available = [k for k, v in file_cfg.items_ex(resolve=False) if isinstance(v, DictConfig)]
     listing = ", ".join(str(k) for k in available) or "none"
     if node is None:
+        import difflib
+
         close = difflib.get_close_matches(name, [str(k) for k in available], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         msg = f"no experiment {name!r} in {source}{hint} (available: {listing})"
@@ -212,6 +221,8 @@ def _translate(e: oc_errors.OmegaConfBaseException, cfg: DictConfig, source: str
     key = getattr(e, "full_key", None) or ""
     first = str(getattr(e, "msg", None) or e).splitlines()[0]
     if isinstance(e, oc_errors.ConfigKeyError) and key:
+        import difflib
+
         close = difflib.get_close_matches(key, dotted_keys(cfg), n=3, cutoff=0.5)
         if close:
             hint = f"; closest: {', '.join(close)}"

@@ -8,8 +8,6 @@ context variable.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import logging
 import os
 import sys
 import threading
@@ -25,6 +23,8 @@ from ._paths import RunPaths
 from .errors import NotInRunError
 
 if TYPE_CHECKING:
+    import logging
+
     from omegaconf import DictConfig
 
     from ._recorders import Recorder
@@ -113,6 +113,8 @@ class ActiveRun:
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Append one record to metrics.jsonl (flushed, no fsync) and keep last values."""
         values = {str(k): _number(v) for k, v in metrics.items()}
+        import json
+
         line = json.dumps({"time": time.time(), "step": step, "metrics": values})
         with self._metrics_mutex:
             self._metrics_file.write(line + "\n")
@@ -181,6 +183,8 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
 
 def get_logger() -> logging.Logger:
     """The running stage's logger (to run.log and stdout), or xpkit's quiet logger outside."""
+    import logging
+
     run = _active.get()
     return run.logger if run is not None else logging.getLogger("xpkit.user")
 
@@ -200,25 +204,15 @@ def use_run(path: str | os.PathLike[str]) -> Run:
     return result
 
 
-class _RunLogHandler(logging.Handler):
-    """Writes records to whatever ``sys.stdout`` is at emit time (the run.log tee)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stdout
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
 def make_logger(stage_name: str, run_id: str) -> logging.Logger:
     """A logger for one run, writing ``HH:MM:SS LEVEL [stage] message`` lines."""
+    import logging
+
     logger = logging.getLogger(f"xpkit.run.{stage_name}.{run_id}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
-        handler = _RunLogHandler()
+        handler = _run_log_handler()
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s [{stage_name}] %(message)s", "%H:%M:%S")
         )
@@ -226,8 +220,26 @@ def make_logger(stage_name: str, run_id: str) -> logging.Logger:
     return logger
 
 
+def _run_log_handler() -> logging.Handler:
+    """A handler writing records to whatever ``sys.stdout`` is at emit time (the capture)."""
+    import logging
+
+    class RunLogHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                stream = sys.stdout
+                stream.write(self.format(record) + "\n")
+                stream.flush()
+            except Exception:
+                self.handleError(record)
+
+    return RunLogHandler()
+
+
 def drop_logger(logger: logging.Logger) -> None:
     """Forget a run's logger so that long sessions do not accumulate them."""
+    import logging
+
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     logging.Logger.manager.loggerDict.pop(logger.name, None)

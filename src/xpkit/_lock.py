@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +117,7 @@ class RunLock:
                 f"{source}: run.lock status {data['status']!r} is not one of {', '.join(STATUSES)}"
             )
             raise LockError(msg)
+        _check_types(data, source)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         known["argv"] = tuple(known.get("argv") or ())
@@ -127,11 +127,34 @@ class RunLock:
 
 
 _OPTIONAL = frozenset({"error", "src", "data", "upstream", "env", "metrics", "tasks"})
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "started": ((str,), "a string"),
+    "ended": ((str,), "a string"),
+    "duration_s": ((int, float), "a number"),
+    "pid": ((int,), "an integer"),
+    "host": ((str,), "a string"),
+    "argv": ((list,), "a list of strings"),
+    "config": ((dict,), "a mapping"),
+    **dict.fromkeys(_OPTIONAL, ((dict,), "a mapping")),
+}
+
+
+def _check_types(data: Mapping[str, Any], source: str) -> None:
+    for key, (kinds, what) in _KINDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, kinds)
+        if key == "argv" and not bad:
+            bad = not all(isinstance(a, str) for a in value)
+        if bad:
+            msg = f"{source}: run.lock key {key!r} must be {what}, got {value!r:.80}"
+            raise LockError(msg)
 
 
 def new_run_id() -> str:
     """A fresh run id: 12 random hex digits, so that a short prefix is unique."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 def now() -> dt.datetime:
@@ -169,9 +192,9 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        msg = f"{p}{where}: invalid YAML in run.lock: {getattr(e, 'problem', e)}"
+        from ._config import yaml_error_where
+
+        msg = f"invalid YAML in run.lock {p}{yaml_error_where(e)}"
         raise LockError(msg) from None
     if not isinstance(data, dict):
         msg = f"{p}: not a run.lock (not a YAML mapping)"

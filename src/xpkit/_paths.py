@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +69,15 @@ class RunPaths:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a unique temporary file and ``os.replace``.
 
-    Readers see the old content or the new one, never a torn file.
+    Readers see the old content or the new one, never a torn file. No fsync: it costs
+    1-15 ms per file (three per run) and only matters on power loss, where ext4 and xfs
+    already flush a file replaced by rename.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
+    # unique per process and thread: concurrent writers never share a temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

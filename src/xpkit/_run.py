@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -81,6 +80,8 @@ class Run:
 
     def metric_history(self) -> Iterator[Mapping[str, Any]]:
         """Every record of metrics.jsonl: ``{"time", "step", "metrics"}``; bad lines skipped."""
+        import json
+
         try:
             f = self.paths.metrics.open(encoding="utf-8")
         except FileNotFoundError:

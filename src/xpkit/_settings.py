@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import sys
 from dataclasses import dataclass
@@ -138,6 +137,8 @@ def _load_toml(path: Path) -> dict[str, Any]:
 def _check(pyproject: Path, key: str, value: Any) -> Any:
     types = _FIELD_TYPES.get(key)
     if types is None:
+        import difflib
+
         close = difflib.get_close_matches(key, _FIELD_TYPES, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         allowed = ", ".join(sorted(_FIELD_TYPES))

@@ -8,10 +8,7 @@ import dataclasses
 import functools
 import inspect
 import os
-import signal
-import socket
 import sys
-import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import _config
 from ._capture import LogFile, capture_output
 from ._context import ActiveRun, RunPlan, drop_logger, make_logger
+from ._env import hostname
 from ._locals import call_capturing
 from ._lock import RunLock, dump_yaml, new_run_id, now
 from ._paths import RunPaths, atomic_write_text
@@ -178,7 +176,7 @@ def _start(
         dir=plan.settings.relative(run_dir),
         started=plan.started.isoformat(),
         pid=os.getpid(),
-        host=socket.gethostname(),
+        host=hostname(),
         argv=tuple(sys.argv if argv is None else argv),
         config=config,
     )
@@ -202,7 +200,7 @@ def _body(active: ActiveRun, recorders: list[Recorder], *, fds: bool) -> Any:
         log.close()
         active.close()
         drop_logger(active.logger)
-    run = active.run
+    run = active.run.reload()  # the body may have read run.lock while it said "running"
     run.locals, run.result, run.error = local_vars, result, exc
     if exc is not None:
         raise exc.with_traceback(_user_traceback(exc))
@@ -253,6 +251,8 @@ def _guarded(active: ActiveRun, what: str, fn: Callable[..., Any], *args: Any) -
 def _outcome(exc: BaseException | None) -> tuple[str, dict[str, str] | None]:
     if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return "completed", None
+    import traceback
+
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     error = {
         "type": _qualified_type(exc),
@@ -270,16 +270,27 @@ def _qualified_type(exc: BaseException) -> str:
 
 
 def _user_traceback(exc: BaseException) -> types.TracebackType | None:
-    """The traceback without xpkit's own frames on top."""
+    """The traceback without xpkit's own frames (the run machinery, the SIGTERM handler)."""
+    kept: list[types.TracebackType] = []
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            kept.append(tb)
         tb = tb.tb_next
-    return tb or exc.__traceback__
+    if not kept:
+        return exc.__traceback__
+    if all(a.tb_next is b for a, b in zip(kept, [*kept[1:], None], strict=True)):
+        return kept[0]  # only leading frames were dropped: the chain is reused as it is
+    out = None
+    for kept_tb in reversed(kept):
+        out = types.TracebackType(out, kept_tb.tb_frame, kept_tb.tb_lasti, kept_tb.tb_lineno)
+    return out
 
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into :class:`Interrupted` so that the run ends ``interrupted``."""
+    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -348,18 +359,38 @@ def _names(what: str, keys: typing.Iterable[str]) -> tuple[str, ...]:
 
 def _default_name(fn: Callable[..., Any]) -> str:
     """The stem of the file defining ``fn`` (a module, a script, a console's file)."""
+    for file in _source_files(fn):
+        stem = Path(file).stem
+        if stem != "__init__":
+            return stem
+    return getattr(fn, "__name__", "stage")
+
+
+def _source_files(fn: Callable[..., Any]) -> list[str]:
+    """Candidate paths of the file that defines ``fn``, best first.
+
+    In a Jupyter kernel a cell's code is compiled under a generated name
+    (``/tmp/ipykernel_<pid>/<hash>.py``, or ``<ipython-input-N-hash>``), which is skipped.
+    VSCode's interactive window ("Run Current File" / "Run Cell" of a ``.py`` file) runs
+    ``__file__ = '<path of the .py file>'`` in the kernel before the file's cells
+    (vscode-jupyter, ``InteractiveWindow.setFileInKernel``), so ``__file__`` in the
+    function's globals names the user's script; VSCode notebooks set ``__vsc_ipynb_file__``.
+    """
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    namespace = getattr(fn, "__globals__", {})
     candidates = [
+        namespace.get("__file__"),
         getattr(module, "__file__", None),
         getattr(getattr(fn, "__code__", None), "co_filename", None),
-        getattr(fn, "__globals__", {}).get("__vsc_ipynb_file__"),
+        namespace.get("__vsc_ipynb_file__"),
     ]
-    for file in candidates:
-        if file and str(file).endswith((".py", ".ipynb")) and "ipykernel_" not in str(file):
-            stem = Path(file).stem
-            if stem != "__init__":
-                return stem
-    return getattr(fn, "__name__", "stage")
+    return [
+        str(file)
+        for file in candidates
+        if isinstance(file, str)
+        and file.endswith((".py", ".ipynb"))
+        and not os.path.basename(os.path.dirname(file)).startswith("ipykernel_")
+    ]
 
 
 def _schema_of(fn: Callable[..., Any]) -> type | None:

@@ -1,0 +1,51 @@
+"""The public API: names, and what importing xpkit costs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import xpkit
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "IPython", "numpy")
+
+
+def test_all_is_sorted_and_every_name_exists() -> None:
+    """__all__ is sorted, has no duplicates, and each name is an attribute of the package."""
+    assert list(xpkit.__all__) == sorted(xpkit.__all__)
+    assert len(set(xpkit.__all__)) == len(xpkit.__all__)
+    for name in xpkit.__all__:
+        assert hasattr(xpkit, name), name
+
+
+def test_design_names_are_public() -> None:
+    """The names of DESIGN.md section 1 are exported."""
+    for name in ("stage", "run", "current", "log_metrics", "get_logger", "track_data", "use_run"):
+        assert callable(getattr(xpkit, name)), name
+    assert isinstance(xpkit.__version__, str)
+
+
+def test_import_stays_light_and_quiet() -> None:
+    """import xpkit loads no optional heavy library and configures no logging."""
+    code = (
+        "import json, logging, sys; import xpkit; "
+        "print(json.dumps({'modules': sorted(m.split('.')[0] for m in sys.modules), "
+        "'handlers': len(logging.getLogger().handlers)}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    loaded = set(report["modules"])
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    assert report["handlers"] == 0
+    assert "xpkit" in loaded
