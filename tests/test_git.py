@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -438,6 +439,27 @@ def test_nested_repo_without_commit_is_a_warning(repo: Path) -> None:
         result = snap(repo)
     assert result.commit
     assert show(repo, result.commit, "train.py") == "x = 'still snapshotted'\n"
+
+
+def test_nested_repo_fallback_keeps_forced_and_skipped_rules(repo: Path) -> None:
+    """The slow path taken for a nested repo still forces includes in and big files out."""
+    git(repo, "init", "-q", "nested")
+    write(repo / "keep.log", "forced in\n")
+    (repo / "big.bin").write_bytes(b"\0" * 300_000)
+    with pytest.warns(UserWarning, match="could not be added|big.bin"):
+        result = snap(repo, include=["keep.log"], max_file_mb=0.1)
+    assert result.commit
+    assert show(repo, result.commit, "keep.log") == "forced in\n"
+    assert show(repo, result.commit, "big.bin") is None
+
+
+def test_touched_but_unchanged_files_reuse_the_snapshot(repo: Path) -> None:
+    """New mtimes with the same content are not a change."""
+    first = snap(repo)
+    os.utime(repo / "train.py", ns=(time.time_ns(), time.time_ns()))
+    second = snap(repo)
+    assert second.reused
+    assert second.commit == first.commit
 
 
 def test_sparse_checkout_keeps_files_outside_the_cone(repo: Path) -> None:

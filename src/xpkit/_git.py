@@ -364,43 +364,57 @@ def _excluding(specs: Iterable[str]) -> list[str]:
 @dataclass(frozen=True)
 class _Plan:
     remove: list[str]  # entries to take out of the temporary index
-    forced: list[str]  # ignored files to add because an include glob names them
+    update: list[str]  # paths to hash again: stat-dirty, deleted, new, forced in
+    forced: list[str]  # the ignored files among them, named by an include glob
     skipped: list[str]  # files over the size cap
 
 
 def _plan(repo: _Repo, index: _Index, filters: _Filters) -> _Plan:
-    """Ask git (in parallel) what to drop, what changed and what is forced in."""
-    tmp, rest = index.tmp, [".", *_excluding(filters.drop)]
-    drop = None
+    """Ask git, in parallel, what changed on disk since the temporary index and what to drop.
+
+    One stat pass (``diff-files``) finds changed and deleted entries without hashing them,
+    so only those are hashed again; ``add -A`` would stat every file a second time.
+    """
+    tmp, top, keep = index.tmp, repo.top, [".", *_excluding(filters.drop)]
+    calls = {
+        "dirty": ["diff-files", "-z", "--name-only", "--ignore-submodules=dirty", "--", *keep],
+        "new": ["ls-files", "-z", "-o", "--exclude-standard", "--", *keep],
+    }
     if filters.drop:  # with no pathspec ls-files would list every entry
-        drop = _Call(repo.top, ["ls-files", "-z", "-c", "--", *filters.drop], index=tmp)
-    changed = _Call(
-        repo.top, ["ls-files", "-z", "-m", "-o", "--exclude-standard", "--", *rest], index=tmp
-    )
-    forced = ignored = None
+        calls["drop"] = ["ls-files", "-z", "-c", "--", *filters.drop]
     if filters.include:
-        args = ["ls-files", "-z", "-o", "-i", "--exclude-standard", "--", *filters.include]
-        forced = _Call(repo.top, [*args, *_excluding(filters.drop)], index=tmp)
-    if index.from_cache:  # untracked files snapshotted before may be ignored now
-        args = ["ls-files", "-z", "-c", "-i", "--exclude-standard", "--", *rest]
-        ignored = _Call(repo.top, [*args, *_excluding(filters.include)], index=tmp)
-    to_remove = _paths(drop.result()) if drop else []
-    candidates = _paths(changed.result())
-    forced_paths = _paths(forced.result()) if forced else []
-    if ignored is not None:
-        to_remove += _untracked_by_user(repo, _paths(ignored.result()))
-    skipped = _over_cap(repo.top, [*candidates, *forced_paths], filters.max_bytes)
-    small = [p for p in forced_paths if p not in set(skipped)]
-    return _Plan(remove=[*to_remove, *skipped], forced=small, skipped=skipped)
+        force = ["ls-files", "-z", "-o", "-i", "--exclude-standard", "--", *filters.include]
+        calls["forced"] = [*force, *_excluding(filters.drop)]
+    if index.from_cache:  # files snapshotted while untracked may be ignored now
+        calls["ours"] = ["ls-files", "-z", "-c"]
+    running = {name: _Call(top, args, index=tmp) for name, args in calls.items()}
+    theirs = _Call(top, ["ls-files", "-z", "-c"]) if index.from_cache else None
+    out = {name: _paths(call.result()) for name, call in running.items()}
+    stale = _stale_ignored(repo, index, filters, out.get("ours", []), theirs)
+    changed = [*out["dirty"], *(p.rstrip("/") for p in out["new"]), *out.get("forced", [])]
+    skipped = _over_cap(top, changed, filters.max_bytes)
+    small = [p for p in dict.fromkeys(changed) if p not in set(skipped)]
+    forced = [p for p in out.get("forced", []) if p not in set(skipped)]
+    remove = [*out.get("drop", []), *stale, *skipped]
+    return _Plan(remove=remove, update=small, forced=forced, skipped=skipped)
 
 
-def _untracked_by_user(repo: _Repo, paths: list[str]) -> list[str]:
-    """The ``paths`` that the user's own index does not track."""
-    if not paths:
+def _stale_ignored(
+    repo: _Repo, index: _Index, filters: _Filters, ours: list[str], theirs: _Call | None
+) -> list[str]:
+    """Entries of the cache that the user does not track and .gitignore now ignores."""
+    if theirs is None:
         return []
-    out = _git(repo.top, ["ls-files", "-z", "-c", "--", *map(_literal, paths)])
-    tracked = set(_paths(out))
-    return [p for p in paths if p not in tracked]
+    candidates = sorted(set(ours) - set(_paths(theirs.result())))
+    if not candidates:
+        return []
+    check = ["check-ignore", "-z", "--stdin", "--no-index"]
+    ignored = _paths(_git(repo.top, check, _nul(candidates), ok=(0, 1)))
+    if ignored and filters.include:
+        listing = ["ls-files", "-z", "-c", "--", *filters.include]
+        forced = set(_paths(_git(repo.top, listing, index=index.tmp)))
+        ignored = [p for p in ignored if p not in forced]
+    return ignored
 
 
 def _over_cap(top: Path, paths: Iterable[str], max_bytes: float) -> list[str]:
@@ -416,26 +430,31 @@ def _over_cap(top: Path, paths: Iterable[str], max_bytes: float) -> list[str]:
 
 
 def _build_tree(repo: _Repo, index: _Index, filters: _Filters, plan: _Plan) -> tuple[str, str]:
-    """Update the temporary index from the working tree; return (tree sha, add's stderr)."""
-    tmp = index.tmp
+    """Update the temporary index from the working tree; return (tree sha, git's complaints)."""
+    tmp, problems = index.tmp, ""
     if plan.remove:
-        _git(
-            repo.top,
-            ["update-index", "-z", "--force-remove", "--stdin"],
-            _nul(plan.remove),
-            index=tmp,
-        )
+        remove = ["update-index", "-z", "--force-remove", "--stdin"]
+        _git(repo.top, remove, _nul(plan.remove), index=tmp)
+    if plan.update:
+        update = ["update-index", "-z", "--add", "--remove", "--stdin"]
+        try:
+            _git(repo.top, update, _nul(plan.update), index=tmp)
+        except GitError:  # one path git cannot add (a nested repo without commit) fails all
+            problems = _add_all(repo, tmp, filters, plan)
+    return _text(_git(repo.top, ["write-tree"], index=tmp)), problems
+
+
+def _add_all(repo: _Repo, tmp: Path, filters: _Filters, plan: _Plan) -> str:
+    """The slow path: ``git add -A --ignore-errors``, skipping what it cannot add."""
     specs = [
         ".",
         *_excluding(filters.drop),
         *(_literal(p, "exclude,literal") for p in plan.skipped),
     ]
-    add = ["add", "-A", "--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"]
-    problems = _add(repo, [*add], specs, tmp)
+    problems = _add(repo, ["add", "-A"], specs, tmp)
     if plan.forced:
-        force = ["add", "-f", "--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"]
-        problems += _add(repo, force, [_literal(p) for p in plan.forced], tmp)
-    return _text(_git(repo.top, ["write-tree"], index=tmp)), problems
+        problems += _add(repo, ["add", "-f"], [_literal(p) for p in plan.forced], tmp)
+    return problems
 
 
 def _add(repo: _Repo, args: list[str], specs: list[str], tmp: Path) -> str:
@@ -443,7 +462,8 @@ def _add(repo: _Repo, args: list[str], specs: list[str], tmp: Path) -> str:
 
     Git also exits 1 when an exclude pathspec names an ignored directory: not a problem.
     """
-    call = _Call(repo.top, args, index=tmp)
+    options = ["--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"]
+    call = _Call(repo.top, [*args, *options], index=tmp)
     try:
         call.result(_nul(specs))
     except GitError:
