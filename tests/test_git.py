@@ -309,6 +309,38 @@ def test_file_ignored_after_a_snapshot_leaves_the_next_one(repo: Path) -> None:
     assert show(repo, second, "secret.env") is None
 
 
+def test_file_excluded_through_info_exclude_leaves_the_next_one(repo: Path) -> None:
+    """``.git/info/exclude`` counts like a .gitignore."""
+    write(repo / "scratch.py", "tmp = 1\n")
+    assert show(repo, snap(repo).commit or "", "scratch.py") == "tmp = 1\n"
+    time.sleep(0.01)
+    write(repo / ".git" / "info" / "exclude", "scratch.py\n")
+    assert show(repo, snap(repo).commit or "", "scratch.py") is None
+
+
+def test_new_exclude_globs_apply_to_files_snapshotted_before(repo: Path) -> None:
+    """Changing the filters between runs takes effect at once."""
+    write(repo / "notes.py", "n = 1\n")
+    assert show(repo, snap(repo).commit or "", "notes.py") == "n = 1\n"
+    assert show(repo, snap(repo, exclude=["notes.py"]).commit or "", "notes.py") is None
+
+
+def test_merge_conflict_snapshots_the_file_with_its_markers(repo: Path) -> None:
+    """Mid-merge: the conflicted file goes in as it is on disk; the merge state stays."""
+    git(repo, "checkout", "-q", "-b", "other")
+    write(repo / "train.py", "x = 'other'\n")
+    git(repo, "commit", "-q", "-am", "other")
+    git(repo, "checkout", "-q", "main")
+    write(repo / "train.py", "x = 'main'\n")
+    git(repo, "commit", "-q", "-am", "main")
+    subprocess.run(["git", "merge", "-q", "other"], cwd=repo, capture_output=True, check=False)
+    before = user_state(repo)
+    result = snap(repo)
+    assert user_state(repo) == before
+    assert "<<<<<<<" in (show(repo, result.commit or "", "train.py") or "")
+    assert (repo / ".git" / "MERGE_HEAD").exists()
+
+
 def test_file_force_added_by_the_user_is_kept(repo: Path) -> None:
     """An ignored file the user tracks with ``git add -f`` is in the snapshot."""
     snap(repo)

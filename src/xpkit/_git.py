@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -193,6 +194,7 @@ class _Repo:
     root: Path  # the project root the caller passed (may be below top)
     top: Path
     git_dir: Path  # per worktree: <top>/.git, or <common>/worktrees/<name>
+    common_dir: Path  # shared by linked worktrees: refs, objects, info/exclude
 
 
 @dataclass(frozen=True)
@@ -202,14 +204,21 @@ class _Commit:
     parents: tuple[str, ...]
 
 
+_REV_PARSE = ["rev-parse", "--absolute-git-dir", "--git-common-dir", "--show-toplevel"]
+
+
 def _open_repo(root: Path) -> _Repo:
+    return _repo_from(root, _Call(root, _REV_PARSE))
+
+
+def _repo_from(root: Path, rev_parse: _Call) -> _Repo:
     try:
-        out = _git(root, ["rev-parse", "--absolute-git-dir", "--show-toplevel"])
+        out = rev_parse.result()
     except GitError as e:
         msg = f"{root} is not inside a git work tree ({e})"
         raise GitError(msg) from None
-    git_dir, top = os.fsdecode(out).splitlines()[:2]
-    return _Repo(root=root, top=Path(top), git_dir=Path(git_dir))
+    git_dir, common_dir, top = os.fsdecode(out).splitlines()[:3]
+    return _Repo(root=root, top=Path(top), git_dir=Path(git_dir), common_dir=root / common_dir)
 
 
 def _parse_commits(out: bytes, count: int) -> list[_Commit | None]:
@@ -254,56 +263,79 @@ class _State:
     remote: str | None
 
 
-def _read_state(repo: _Repo, ref: str) -> _State:
-    """HEAD, the snapshot branch tip, the current branch and the origin URL (in parallel)."""
-    batch = _Call(repo.top, ["cat-file", "--batch"])
-    symref = _Call(repo.top, ["symbolic-ref", "-q", "HEAD"])
-    remote = _Call(repo.top, ["config", "--get", "remote.origin.url"])
-    head, tip = _parse_commits(batch.result(f"HEAD\n{ref}\n".encode()), 2)
-    branch = _text(symref.result(ok=(0, 1))).removeprefix("refs/heads/") or None
-    return _State(head=head, tip=tip, branch=branch, remote=_text(remote.result(ok=(0, 1))) or None)
+def _read_state(root: Path, ref: str) -> tuple[_Repo, _State]:
+    """The repo, its HEAD, the snapshot branch tip, the current branch and origin's URL."""
+    rev_parse = _Call(root, _REV_PARSE)
+    batch = _Call(root, ["cat-file", "--batch"])
+    remote = _Call(root, ["config", "--get", "remote.origin.url"])
+    try:
+        repo = _repo_from(root, rev_parse)
+    finally:  # reap them even when this is no repo at all
+        commits = batch.result(f"HEAD\n{ref}\n".encode(), ok=range(256))
+        url = _text(remote.result(ok=range(256)))
+    head, tip = _parse_commits(commits, 2)
+    state = _State(head=head, tip=tip, branch=_current_branch(repo), remote=url or None)
+    return repo, state
+
+
+def _current_branch(repo: _Repo) -> str | None:
+    """The checked-out branch, None when HEAD is detached (read from HEAD: no process)."""
+    text = (repo.git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    if not text.startswith("ref: "):
+        return None
+    ref = text.removeprefix("ref: ")
+    if ref == "refs/heads/.invalid":  # the reftable backend keeps HEAD elsewhere
+        ref = _text(_git(repo.top, ["symbolic-ref", "-q", "HEAD"], ok=(0, 1)))
+    return ref.removeprefix("refs/heads/") or None
 
 
 # -- the private index ---------------------------------------------------------------------
 
 
-def _cache_key(user_index: Path) -> str:
-    """Name the cache after the user's index: when they change it, reseed from it."""
+def _cache_key(user_index: Path, filters: _Filters) -> str:
+    """Name the cache after the user's index (when they change it, reseed from it) and the
+    filters it was built with (so that it never holds what they leave out)."""
     try:
         st = user_index.stat()
+        user = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
     except FileNotFoundError:
-        return "none"
-    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+        user = "none"
+    digest = hashlib.blake2b(repr(filters).encode(), digest_size=6).hexdigest()
+    return f"{user}-{digest}"
 
 
-def _copy_index(src: Path, dst: Path) -> bool:
-    """Copy an index keeping its mtime (git trusts entries older than the index file)."""
+def _copy_index(src: Path, dst: Path) -> int | None:
+    """Copy an index keeping its mtime (git trusts entries older than the index file).
+
+    Returns the mtime in ns, None when ``src`` does not exist.
+    """
     try:
         with src.open("rb") as fsrc, dst.open("wb") as fdst:
             st = os.fstat(fsrc.fileno())
             shutil.copyfileobj(fsrc, fdst)
     except FileNotFoundError:
-        return False
+        return None
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-    return True
+    return st.st_mtime_ns
 
 
 @dataclass(frozen=True)
 class _Index:
     tmp: Path  # this process's own temporary index
     cache: Path  # where it goes when done
-    from_cache: bool
+    cached_ns: int | None  # the mtime of the cache it was seeded from, None: the user's index
 
 
-def _seed_index(repo: _Repo) -> _Index:
+def _seed_index(repo: _Repo, filters: _Filters) -> _Index:
     xp_dir = repo.git_dir / "xpkit"
     xp_dir.mkdir(exist_ok=True)
-    cache = xp_dir / f"index-{_cache_key(repo.git_dir / 'index')}"
+    user = repo.git_dir / "index"
+    cache = xp_dir / f"index-{_cache_key(user, filters)}"
     tmp = xp_dir / f"tmp-{os.getpid()}-{secrets.token_hex(4)}.index"
-    if _copy_index(cache, tmp):
-        return _Index(tmp=tmp, cache=cache, from_cache=True)
-    _copy_index(repo.git_dir / "index", tmp)  # no index at all: git add creates one
-    return _Index(tmp=tmp, cache=cache, from_cache=False)
+    cached_ns = _copy_index(cache, tmp)
+    if cached_ns is None:
+        _copy_index(user, tmp)  # no index at all: update-index creates one
+    return _Index(tmp=tmp, cache=cache, cached_ns=cached_ns)
 
 
 def _keep_as_cache(index: _Index) -> None:
@@ -380,18 +412,16 @@ def _plan(repo: _Repo, index: _Index, filters: _Filters) -> _Plan:
         "dirty": ["diff-files", "-z", "--name-only", "--ignore-submodules=dirty", "--", *keep],
         "new": ["ls-files", "-z", "-o", "--exclude-standard", "--", *keep],
     }
-    if filters.drop:  # with no pathspec ls-files would list every entry
+    if filters.drop and index.cached_ns is None:  # a cache never holds what filters drop
         calls["drop"] = ["ls-files", "-z", "-c", "--", *filters.drop]
     if filters.include:
         force = ["ls-files", "-z", "-o", "-i", "--exclude-standard", "--", *filters.include]
         calls["forced"] = [*force, *_excluding(filters.drop)]
-    if index.from_cache:  # files snapshotted while untracked may be ignored now
-        calls["ours"] = ["ls-files", "-z", "-c"]
     running = {name: _Call(top, args, index=tmp) for name, args in calls.items()}
-    theirs = _Call(top, ["ls-files", "-z", "-c"]) if index.from_cache else None
     out = {name: _paths(call.result()) for name, call in running.items()}
-    stale = _stale_ignored(repo, index, filters, out.get("ours", []), theirs)
-    changed = [*out["dirty"], *(p.rstrip("/") for p in out["new"]), *out.get("forced", [])]
+    new = [p.rstrip("/") for p in out["new"]]  # "dir/": a nested repo
+    stale = _stale_ignored(repo, index, filters, [*out["dirty"], *new])
+    changed = [*out["dirty"], *new, *out.get("forced", [])]
     skipped = _over_cap(top, changed, filters.max_bytes)
     small = [p for p in dict.fromkeys(changed) if p not in set(skipped)]
     forced = [p for p in out.get("forced", []) if p not in set(skipped)]
@@ -399,13 +429,18 @@ def _plan(repo: _Repo, index: _Index, filters: _Filters) -> _Plan:
     return _Plan(remove=remove, update=small, forced=forced, skipped=skipped)
 
 
-def _stale_ignored(
-    repo: _Repo, index: _Index, filters: _Filters, ours: list[str], theirs: _Call | None
-) -> list[str]:
-    """Entries of the cache that the user does not track and .gitignore now ignores."""
-    if theirs is None:
+def _stale_ignored(repo: _Repo, index: _Index, filters: _Filters, changed: list[str]) -> list[str]:
+    """Entries of the cache that the user does not track and that are now ignored.
+
+    Only looked for when ignore rules changed since the cache was written: a ``.gitignore``
+    among the changed files, or a newer ``info/exclude`` (a global excludes file is not
+    watched).
+    """
+    if index.cached_ns is None or not _ignore_rules_changed(repo, index.cached_ns, changed):
         return []
-    candidates = sorted(set(ours) - set(_paths(theirs.result())))
+    ours = _Call(repo.top, ["ls-files", "-z", "-c"], index=index.tmp)
+    theirs = _Call(repo.top, ["ls-files", "-z", "-c"])
+    candidates = sorted(set(_paths(ours.result())) - set(_paths(theirs.result())))
     if not candidates:
         return []
     check = ["check-ignore", "-z", "--stdin", "--no-index"]
@@ -415,6 +450,15 @@ def _stale_ignored(
         forced = set(_paths(_git(repo.top, listing, index=index.tmp)))
         ignored = [p for p in ignored if p not in forced]
     return ignored
+
+
+def _ignore_rules_changed(repo: _Repo, cached_ns: int, changed: list[str]) -> bool:
+    if any(p == ".gitignore" or p.endswith("/.gitignore") for p in changed):
+        return True
+    try:
+        return (repo.common_dir / "info" / "exclude").stat().st_mtime_ns > cached_ns
+    except OSError:
+        return False
 
 
 def _over_cap(top: Path, paths: Iterable[str], max_bytes: float) -> list[str]:
@@ -589,13 +633,12 @@ class _Options:
 
 def _snapshot(root: Path, ref: str, message: str, options: _Options) -> tuple[Snapshot, str]:
     """Take the snapshot; return it and git's complaints about files it could not add."""
-    repo = _open_repo(root)
-    state = _read_state(repo, ref)
+    repo, state = _read_state(root, ref)
     if state.branch is not None and f"refs/heads/{state.branch}" == ref:
         msg = f"the current branch is the snapshot branch {state.branch!r}; check out another"
         raise GitError(msg)
     filters = _filters(repo, options)
-    index = _seed_index(repo)
+    index = _seed_index(repo, filters)
     try:
         plan = _plan(repo, index, filters)
         tree, problems = _build_tree(repo, index, filters, plan)
