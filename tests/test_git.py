@@ -13,17 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xpkit._git import (
-    Snapshot,
-    SourceRecorder,
-    checkout,
-    code_diff,
-    files_blobs,
-    snapshot,
-    source_files,
-)
+from xpkit._git import Snapshot, checkout, code_diff, files_blobs, snapshot
 from xpkit._git_cli import checkout_command
 from xpkit._settings import Settings
+from xpkit._source import SourceRecorder, source_files
 from xpkit.errors import GitError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
