@@ -17,7 +17,7 @@ from xpkit._git import Snapshot, checkout, code_diff, files_blobs, snapshot
 from xpkit._git_cli import checkout_command
 from xpkit._settings import Settings
 from xpkit._source import SourceRecorder, source_files
-from xpkit.errors import GitError
+from xpkit.errors import GitError, LockError, RunNotFoundError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -252,16 +252,15 @@ def test_checkout_command_reads_the_run_lock(repo: Path, tmp_path: Path) -> None
     assert (tmp_path / "co" / "train.py").read_text() == "x = 1\n"
 
 
-def test_checkout_command_without_snapshot_fails_cleanly(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A run without src.commit is a one-line error and exit status 1."""
+def test_checkout_command_without_snapshot_fails_cleanly(repo: Path) -> None:
+    """A run without src.commit, or no run at all, is an XpkitError that says why."""
     run_dir = repo / "results" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "run.lock").write_text(yaml.safe_dump({"src": {"error": "not a git repo"}}))
-    assert checkout_command([str(run_dir)]) == 1
-    assert "no code snapshot (src.commit): not a git repo" in capsys.readouterr().err
-    assert checkout_command([str(repo / "nowhere")]) == 1
+    with pytest.raises(LockError, match=r"no code snapshot \(src.commit\): not a git repo"):
+        checkout_command([str(run_dir)])
+    with pytest.raises(RunNotFoundError, match="not a run directory"):
+        checkout_command([str(repo / "nowhere")])
 
 
 # -- include, exclude, ignored ---------------------------------------------------------------

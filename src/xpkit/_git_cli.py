@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,17 @@ import yaml
 from ._git import checkout
 from ._paths import RunPaths
 from ._settings import find_project_root
-from .errors import LockError, RunNotFoundError, XpkitError
+from .errors import LockError, RunNotFoundError
 
 __all__ = ["checkout_command"]
 
 
 def checkout_command(args: list[str]) -> int:
-    """Run ``xp checkout RUN [DIR]``; return the exit status."""
+    """Run ``xp checkout RUN [DIR]``; print the new worktree's path.
+
+    Raises:
+        XpkitError: no such run, no snapshot in its run.lock, or git failed (``xp`` prints it).
+    """
     parser = argparse.ArgumentParser(
         prog="xp checkout",
         description="Restore the code snapshot of a run as a detached git worktree.",
@@ -28,13 +31,8 @@ def checkout_command(args: list[str]) -> int:
         "dir", metavar="DIR", nargs="?", help="where to put it (default: <repo>-<sha> next to it)"
     )
     ns = parser.parse_args(args)
-    try:
-        run_dir = _resolve_run_dir(ns.run)
-        commit = _snapshot_commit(run_dir)
-        dest = checkout(find_project_root(run_dir), commit, ns.dir)
-    except XpkitError as e:
-        print(f"xp checkout: {e}", file=sys.stderr)
-        return 1
+    run_dir = _resolve_run_dir(ns.run)
+    dest = checkout(find_project_root(run_dir), _snapshot_commit(run_dir), ns.dir)
     print(dest)
     return 0
 
