@@ -517,6 +517,19 @@ def test_gpg_signing_and_hooks_are_skipped(repo: Path) -> None:
     assert not marker.exists()
 
 
+def test_split_index_is_read_and_left_alone(repo: Path) -> None:
+    """With core.splitIndex the user's shared index files stay as they are."""
+    git(repo, "config", "core.splitIndex", "true")
+    git(repo, "update-index", "--split-index")
+    write(repo / "train.py", "x = 'split'\n")
+    shared = sorted((repo / ".git").glob("sharedindex.*"))
+    before = user_state(repo)
+    result = snap(repo)
+    assert show(repo, result.commit or "", "train.py") == "x = 'split'\n"
+    assert sorted((repo / ".git").glob("sharedindex.*")) == shared
+    assert user_state(repo) == before
+
+
 def test_lfs_filter_without_git_lfs(repo: Path) -> None:
     """A required LFS filter whose binary is missing does not fail the snapshot."""
     git(repo, "config", "filter.lfs.clean", "git-lfs-is-not-installed clean -- %f")

@@ -58,6 +58,7 @@ _CONFIG = (
     *("-c", "gc.auto=0"),
     *("-c", "maintenance.auto=false"),
     *("-c", "core.filesRefLockTimeout=2000"),
+    *("-c", "core.splitIndex=false"),  # our index in one file: no sharedindex.* in .git
 )
 # Without git-lfs its filters would fail on every LFS file: store what is on disk (in a checkout
 # without git-lfs that is the pointer).
