@@ -5,13 +5,15 @@ files that ``.gitignore`` does not ignore, deletions — to ``refs/heads/run_log
 
     seed    copy the private cache index (else the user's index) to a unique temporary
             index, keeping its mtime so that git's racy-entry check stays valid
-    filter  ls-files on the temporary index: entries to drop (results dir, exclude globs,
-            stale ignored entries) and changed files, whose sizes are checked against the cap
-    add     GIT_INDEX_FILE=<tmp> git add -A  (.gitignore honoured, pathspecs leave out the rest)
+    look    diff-files (one stat pass: changed and deleted entries) and ls-files -o (new
+            files, .gitignore honoured) on the temporary index, in parallel; files over the
+            size cap, the results dir and exclude globs are left out
+    update  GIT_INDEX_FILE=<tmp> git update-index --add --remove: hash only those paths
+            (git add -A --ignore-errors when one cannot be added, e.g. a nested repo)
     tree    git write-tree; the same tree and HEAD as the branch tip: reuse the tip
     commit  git commit-tree --no-gpg-sign -p <tip> -p HEAD
     swap    git update-ref refs/heads/run_logs <new> <tip>  (compare-and-swap, retried)
-    cache   os.replace(<tmp>, cache index): the next snapshot only re-hashes what changed
+    cache   os.replace(<tmp>, cache index): the next snapshot re-hashes only what changed
 
 Only the temporary and cache indexes (in ``<git dir>/xpkit/``), new objects and the snapshot
 branch are written. Every command runs with ``GIT_OPTIONAL_LOCKS=0`` (no refresh of the user's
