@@ -18,7 +18,12 @@ from .errors import XpkitError
 __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "checkout": (
+        "xpkit._git_cli:checkout_command",
+        "restore a run's code snapshot as a git worktree",
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

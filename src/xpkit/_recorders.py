@@ -74,6 +74,9 @@ class EnvRecorder:
 
 def default_recorders(plan: RunPlan) -> list[Recorder]:
     """The recorders of one run, in the order their sections appear in run.lock."""
+    from ._source import SourceRecorder  # imported on the first run, not with xpkit
+
     recorders: list[Recorder] = []
+    recorders.append(SourceRecorder())
     recorders.append(EnvRecorder())
     return recorders
