@@ -18,7 +18,9 @@ from .errors import XpkitError
 __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tasks": ("xpkit._tasks_cli:main", "progress of a mapped run: done, failed, left, Slurm jobs"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
