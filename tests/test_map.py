@@ -354,3 +354,30 @@ def test_xp_tasks_shows_progress_and_failures(project: Path) -> None:
     assert "0 left" in out.stdout
     assert "task 2: ValueError: cannot do 2" in out.stdout
     assert "ValueError: cannot do 2" in out.stdout.split("failed:")[1].split("task value")[1]
+
+
+def test_pool_claims_are_exclusive_and_stale_ones_taken_over_once(tmp_path: Path) -> None:
+    """A claim is won by one creator; a stale claim by exactly one next generation."""
+    from xpkit import _slurm
+
+    paths = RunPaths(tmp_path)
+    paths.claims.mkdir(parents=True)
+    assert _slurm._latest_claim(paths, 5) == (-1, 0.0)
+    assert _slurm._create(paths.claim_file(5, 0))
+    assert not _slurm._create(paths.claim_file(5, 0))
+    os.utime(paths.claim_file(5, 0), (0, 0))  # what a checkpointing worker does
+    gen, mtime = _slurm._latest_claim(paths, 5)
+    assert (gen, mtime) == (0, 0.0)
+    assert _slurm._fs_now(paths, "w") - mtime > _slurm.STALE_S
+    assert [_slurm._create(paths.claim_file(5, gen + 1)) for _ in range(3)] == [True, False, False]
+    assert _slurm._latest_claim(paths, 5)[0] == 1
+
+
+def test_slurm_time_left_parsing() -> None:
+    """squeue's %L durations in seconds; UNLIMITED is None."""
+    from xpkit._slurm import parse_duration_s
+
+    assert parse_duration_s("1:30") == 90
+    assert parse_duration_s("01:00:05") == 3605
+    assert parse_duration_s("2-00:00:01") == 2 * 86400 + 1
+    assert parse_duration_s("UNLIMITED") is None

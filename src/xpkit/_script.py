@@ -72,7 +72,8 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
                 return None
             raise
         return _failed(stage.last, e, options, interactive=interactive, namespace=caller)
-    assert stage.last is not None
+    if stage.last is None or stage.last is before:
+        return None  # a sweep submitted to Slurm: its runs start in the jobs
     if interactive:
         _hand_back(stage.last, caller)
     return stage.last
