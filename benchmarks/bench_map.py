@@ -52,6 +52,11 @@ def plain(tasks: list[dict[str, int]], jobs: int) -> list[float]:
     return joblib.Parallel(n_jobs=jobs)(joblib.delayed(wrapped)(t) for t in tasks)
 
 
+def floor(tasks: list[dict[str, int]], jobs: int) -> list[float]:
+    """No config at all: the cost of joblib itself on the same trivial work."""
+    return joblib.Parallel(n_jobs=jobs)(joblib.delayed(float)(t["x"] * 2.0) for t in tasks)
+
+
 def mapped(tasks: list[dict[str, int]], jobs: int) -> list[float]:
     run = stage.map(tasks, backend="joblib", jobs=jobs)
     return list(run.result)
@@ -94,10 +99,11 @@ def main() -> None:
         os.chdir(tmp)
         os.environ["XPKIT_ROOT"] = tmp
         joblib.Parallel(n_jobs=args.jobs)(joblib.delayed(abs)(i) for i in range(10))  # warm loky
-        plain_s, mapped_s = [], []
+        plain_s, mapped_s, floor_s = [], [], []
         for _ in range(args.repeat):
             t, ref = timed(plain, tasks, args.jobs)
             plain_s.append(t)
+            floor_s.append(timed(floor, tasks, args.jobs)[0])
             t, out = timed(mapped, tasks, args.jobs)
             mapped_s.append(t)
             assert out == ref
@@ -106,6 +112,8 @@ def main() -> None:
     print(f"  plain joblib.Parallel loop   {p:7.2f} s")
     print(f"  xpkit map, backend=joblib    {m:7.2f} s")
     print(f"  ratio                        {m / p:7.2f} x   (target <= 1.3)")
+    f = statistics.median(floor_s)
+    print(f"  (floor: joblib, no config    {f:7.2f} s; xpkit / floor {m / f:.2f} x)")
     write_s, scan_s = bookkeeping(100_000)
     print("bookkeeping of 100,000 tasks")
     print(f"  write task list              {write_s:7.3f} s")
