@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -118,7 +120,7 @@ def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -
         "job_name": f"xp-{name}",
         "signal_delay_s": int(min(90, max(20, time_min * 60 // 4))),
         "stderr_to_stdout": True,
-        "setup": [f"export XPKIT_ROOT={root}"],
+        "setup": [f"export XPKIT_ROOT={shlex.quote(str(root))}", _pythonpath_line()],
     }
     if "partition" in options:
         params["partition"] = options["partition"]
@@ -132,6 +134,18 @@ def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -
         params["additional_parameters"] = dict(options["additional"])
     executor.update_parameters(**params)
     return executor
+
+
+def _pythonpath_line() -> str:
+    """Jobs import THIS xpkit and the script's modules, whatever else is installed there."""
+    import xpkit
+
+    dirs = [str(Path(xpkit.__file__).resolve().parents[1])]
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.is_file():
+        dirs.append(str(script.resolve().parent))
+    front = shlex.quote(os.pathsep.join(dict.fromkeys(dirs)))
+    return f'export PYTHONPATH={front}"${{PYTHONPATH:+:$PYTHONPATH}}"'
 
 
 def submit(
@@ -350,7 +364,12 @@ class _TimeLeft:
     """Seconds before the job's time-limit signal, from ``squeue`` (at most every 20 s)."""
 
     def __init__(self, signal_delay_s: float) -> None:
-        self._job = os.environ.get("SLURM_JOB_ID")
+        env = os.environ
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        # an array's last task has SLURM_JOB_ID == the array id, which squeue expands to all
+        self._job = (
+            f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
+        )
         self._signal_s = signal_delay_s
         self._end: float | None = None
         self._asked = 0.0
