@@ -194,6 +194,9 @@ class _FdPump:
         self._thread.start()
 
     def _pump(self) -> None:
+        # the terminal gets bytes at once; run.log gets whole lines, so that stdout and
+        # stderr (two pumps) interleave there line by line, never mid-line
+        pending = b""
         while True:
             try:
                 chunk = os.read(self._read_end, 65536)
@@ -203,7 +206,13 @@ class _FdPump:
                 break
             with contextlib.suppress(OSError):
                 _write_all(self._saved, chunk)
-            self._log.write_bytes(chunk)
+            pending += chunk
+            cut = pending.rfind(b"\n") + 1
+            if cut:
+                self._log.write_bytes(pending[:cut])
+                pending = pending[cut:]
+        if pending:
+            self._log.write_bytes(pending)
 
     def restore(self) -> None:
         """Point the fd back where it was; the pump drains what is left in the pipe."""

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "xpkit._git_cli:checkout_command",
         "restore a run's code snapshot as a git worktree",
     ),
+    "tasks": ("xpkit._tasks_cli:main", "progress of a mapped run: done, failed, left, Slurm jobs"),
 }
 
 

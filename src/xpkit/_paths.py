@@ -65,6 +65,30 @@ class RunPaths:
         """The done/failed records of one worker."""
         return self.done / f"{worker}.jsonl"
 
+    @property
+    def claims(self) -> Path:
+        """``tasks/claims/``: one ``<index>.<generation>`` file per task a pool worker took."""
+        return self.tasks / "claims"
+
+    def claim_file(self, index: int, generation: int) -> Path:
+        """The claim of task ``index``; a stale claim is taken over by the next generation."""
+        return self.claims / f"{index}.{generation}"
+
+    @property
+    def submitted(self) -> Path:
+        """``tasks/submitted``: the submitter wrote its last run.lock; workers may end the run."""
+        return self.tasks / "submitted"
+
+    @property
+    def finalized(self) -> Path:
+        """``tasks/finalized``: created exclusively by the one process that ends the run."""
+        return self.tasks / "finalized"
+
+    @property
+    def slurm(self) -> Path:
+        """``tasks/slurm/``: submitit's job folder (pickles, ``%j`` logs)."""
+        return self.tasks / "slurm"
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a unique temporary file and ``os.replace``.

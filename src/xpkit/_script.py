@@ -67,7 +67,7 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
             _exit(interactive, 0)
             return None
         argv_run = [_script_name(stage), *args]
-        stage._execute(cfg, argv=argv_run, fds=not interactive, src=not options.no_src)
+        _launch(stage, cfg, options, argv=argv_run, fds=not interactive)
     except BaseException as e:
         if stage.last is before or stage.last is None:
             if isinstance(e, XpkitError):  # bad input: nothing ran, no run directory
@@ -76,7 +76,8 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
                 return None
             raise
         return _failed(stage.last, e, options, interactive=interactive, namespace=caller)
-    assert stage.last is not None
+    if stage.last is None or stage.last is before:
+        return None  # a sweep submitted to Slurm: its runs start in the jobs
     if interactive:
         _hand_back(stage.last, caller)
     return stage.last
@@ -121,6 +122,40 @@ def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--pdb", action="store_true", help="post-mortem debugger on failure")
     parser.add_argument("--no-src", action="store_true", help="no code snapshot for this run")
+    many = parser.add_argument_group("many runs: map over tasks, or sweep a grid")
+    many.add_argument(
+        "--tasks",
+        metavar="FILE",
+        help="map over tasks: JSON lines, a YAML list, or one item per line (one run)",
+    )
+    many.add_argument("--task-key", metavar="KEY", help="set each task at this config key")
+    many.add_argument(
+        "--backend", choices=("serial", "joblib", "slurm"), help="how to run the tasks or points"
+    )
+    many.add_argument("--jobs", type=int, metavar="N", help="local processes (joblib)")
+    many.add_argument(
+        "--slurm",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Slurm options: partition, time_min, cpus, mem_gb, gpus, array_parallelism, "
+        "chunks, workers (pool mode), additional.NAME",
+    )
+    many.add_argument("--resume", metavar="RUN_DIR", help="finish a mapped run: failed + missing")
+    many.add_argument(
+        "--stop-on-error",
+        action="store_true",
+        help="serial map: stop at the first failing task and keep its locals",
+    )
+    many.add_argument(
+        "--sweep",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="one full run per point of the grid of these values",
+    )
     return parser
 
 
@@ -136,6 +171,24 @@ class _StageParser(argparse.ArgumentParser):
         if self.epilog is None:
             self.epilog = _fields_help(self._stage)
         return super().format_help()
+
+
+def _launch(
+    stage: Stage[Any], cfg: DictConfig, options: argparse.Namespace, *, argv: list[str], fds: bool
+) -> None:
+    """A single run, a map over ``--tasks`` (or ``--resume``), or a ``--sweep``."""
+    from . import _map
+
+    src = not options.no_src
+    if options.sweep:
+        _map.sweep_from_cli(stage, cfg, options, src=src)
+    elif options.tasks or options.resume:
+        _map.map_from_cli(stage, cfg, options, argv=argv, fds=fds, src=src)
+    else:
+        if options.backend or options.jobs or options.slurm or options.stop_on_error:
+            msg = "--backend, --jobs, --slurm and --stop-on-error need --tasks, --resume or --sweep"
+            raise ConfigError(msg)
+        stage._execute(cfg, argv=argv, fds=fds, src=src)
 
 
 def build_config(stage: Stage[Any], options: argparse.Namespace) -> DictConfig:

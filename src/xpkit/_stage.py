@@ -22,7 +22,7 @@ from ._capture import LogFile, capture_output
 from ._context import ActiveRun, RunPlan, drop_logger, make_logger
 from ._env import hostname
 from ._locals import call_capturing
-from ._lock import RunLock, dump_yaml, new_run_id, now
+from ._lock import RunLock, dump_yaml, load_lock, new_run_id, now
 from ._paths import RunPaths, atomic_write_text
 from ._recorders import Recorder, default_recorders
 from ._run import Run
@@ -98,7 +98,7 @@ class Stage(Generic[R]):
             base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
         if overrides:
             base = _apply_kwargs(base, overrides)
-        return self._execute(base)
+        return typing.cast(R, self._execute(base))
 
     def logger(self, fn: Callable[..., None]) -> Callable[..., None]:
         """Register a logging function ``fn(run, mlflow)`` run after every run and by ``xp log``."""
@@ -126,8 +126,21 @@ class Stage(Generic[R]):
         argv: typing.Sequence[str] | None = None,
         fds: bool = False,
         src: bool = True,
-    ) -> R:
-        """Run ``fn`` on ``cfg`` (not yet resolved) as one tracked run."""
+        body: Body | None = None,
+        resume: Path | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run ``body`` (default: ``fn`` on the config) as one tracked run.
+
+        Args:
+            cfg: the config, not yet resolved.
+            argv: the command line recorded in run.lock (default ``sys.argv``).
+            fds: capture the process's file descriptors 1 and 2 into run.log (scripts).
+            src: snapshot the code (when the stage does).
+            body: what the run does, given the active run (a map runs its tasks here).
+            resume: an existing run directory to run again in (same id, same files).
+            extra: keys added to run.lock from the start (e.g. ``sweep``).
+        """
         settings = load_settings()
         started = now()
         view = self
@@ -142,15 +155,126 @@ class Stage(Generic[R]):
                 for key, value in updates.items():
                     OmegaConf.update(cfg, key, value, merge=False)
                     OmegaConf.update(plan.config, key, value, merge=False)
-        run_dir = _create_run_dir(settings.resolve(plan.config.save_dir))
+        if resume is None:
+            run_dir = _create_run_dir(settings.resolve(plan.config.save_dir))
+            run_id = new_run_id()
+        else:
+            run_dir = resume.resolve()
+            run_id = load_lock(RunPaths(run_dir).lock).id
         with open_dict(cfg):
             cfg.save_dir = _display_path(run_dir)
         with _config.now_at(started):
             _config.resolve(cfg)
         plan = dataclasses.replace(plan, config=cfg)
-        active = _start(plan, run_dir, recorders, argv)
+        active = _start(plan, run_dir, recorders, argv, run_id=run_id, extra=extra or {})
         self.last = active.run
-        return typing.cast(R, _body(active, recorders, fds=fds))
+        return _body(active, recorders, body or _call_fn, fds=fds)
+
+    def map(
+        self,
+        tasks: typing.Iterable[Any] | None,
+        *,
+        key: str | None = None,
+        backend: str = "serial",
+        jobs: int | None = None,
+        slurm: Mapping[str, Any] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        stop_on_error: bool = False,
+        cfg: Any = None,
+    ) -> Run:
+        """Run ``fn`` once per task, all in ONE tracked run (one directory, one run.lock).
+
+        Each task is a mapping merged into the config, or a value set at ``key``. Task
+        bookkeeping lives in ``<run>/tasks/``; ``resume=RUN_DIR`` does only what is left.
+
+        Args:
+            tasks: the tasks (JSON-like values); None with ``resume`` reuses the run's list.
+            key: the dotted config key each task is set at (default: merge the task).
+            backend: ``serial``, ``joblib`` (local processes) or ``slurm`` (non-blocking).
+            jobs: processes for ``joblib`` (default: the CPUs available).
+            slurm: Slurm options (``partition``, ``time_min``, ``cpus``, ``mem_gb``,
+                ``gpus``, ``array_parallelism``, ``chunks``, ``workers``, ``additional``).
+            resume: a mapped run directory to finish: failed and missing tasks run again.
+            stop_on_error: serial only: the first failing task ends the map, its locals in
+                ``stage.last.locals`` (as a single run's).
+            cfg: a config layered over the defaults (as in a call).
+
+        Returns:
+            The map's run; ``run.result`` lists the results in task order (local backends).
+
+        Raises:
+            TaskError: some tasks failed (after all ran; they are recorded with tracebacks).
+
+        Example:
+            >>> run = main.map([{"input": p} for p in paths], backend="joblib")  # doctest: +SKIP
+        """
+        from ._map import MapOptions, map_stage
+
+        base = self._defaults()
+        if cfg is not None:
+            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
+        options = MapOptions(
+            key=key,
+            backend=backend,
+            jobs=jobs,
+            slurm=dict(slurm or {}),
+            resume=None if resume is None else Path(resume),
+            stop_on_error=stop_on_error,
+        )
+        return map_stage(self, base, tasks, options)
+
+    def sweep(
+        self,
+        grid: Mapping[str, typing.Sequence[Any]] | typing.Sequence[Mapping[str, Any]],
+        *,
+        backend: str = "serial",
+        jobs: int | None = None,
+        slurm: Mapping[str, Any] | None = None,
+        cfg: Any = None,
+    ) -> list[Any]:
+        """Run the stage once per point of ``grid``, each point a full run of its own.
+
+        ``grid`` maps dotted keys to value lists (their product is swept) or lists the
+        override mappings. Every run.lock gets ``sweep: {id, point, total, values}``.
+
+        Returns:
+            The runs in grid order (serial, joblib); the Slurm job ids (slurm, non-blocking).
+
+        Raises:
+            TaskError: some points failed (after all ran).
+
+        Example:
+            >>> main.sweep({"lr": [0.1, 0.01], "seed": [0, 1]}, backend="joblib")  # doctest: +SKIP
+        """
+        from ._map import grid_points, sweep_stage
+
+        base = self._defaults()
+        if cfg is not None:
+            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
+        points = grid_points(grid)
+        return sweep_stage(self, base, points, backend=backend, jobs=jobs, slurm=dict(slurm or {}))
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a run's body did: its result, the locals to hand back, its exception.
+
+    ``detached``: the work goes on elsewhere (Slurm jobs) and whoever ends it writes the final
+    run.lock, so the run stays ``running`` here.
+    """
+
+    result: Any = None
+    locals: dict[str, Any] | None = None
+    error: BaseException | None = None
+    detached: bool = False
+
+
+Body = Callable[[ActiveRun], Outcome]
+
+
+def _call_fn(active: ActiveRun) -> Outcome:
+    result, local_vars, exc = call_capturing(active.stage.fn, active.config)
+    return Outcome(result, local_vars, exc)
 
 
 def _plan(stage: Stage[Any], cfg: DictConfig, settings: Settings, started: Any) -> RunPlan:
@@ -165,13 +289,19 @@ def _plan(stage: Stage[Any], cfg: DictConfig, settings: Settings, started: Any) 
 
 
 def _start(
-    plan: RunPlan, run_dir: Path, recorders: list[Recorder], argv: typing.Sequence[str] | None
+    plan: RunPlan,
+    run_dir: Path,
+    recorders: list[Recorder],
+    argv: typing.Sequence[str] | None,
+    *,
+    run_id: str,
+    extra: Mapping[str, Any],
 ) -> ActiveRun:
     paths = RunPaths(run_dir)
     config = _config.to_plain(plan.config)
     atomic_write_text(paths.config, dump_yaml(config))
     lock = RunLock(
-        id=new_run_id(),
+        id=run_id,
         stage=plan.stage.name,
         dir=plan.settings.relative(run_dir),
         started=plan.started.isoformat(),
@@ -179,6 +309,7 @@ def _start(
         host=hostname(),
         argv=tuple(sys.argv if argv is None else argv),
         config=config,
+        extra=dict(extra),
     )
     logger = make_logger(plan.stage.name, lock.id)
     active = ActiveRun(plan=plan, run=Run(run_dir), lock=lock, recorders=recorders, logger=logger)
@@ -187,30 +318,37 @@ def _start(
     return active
 
 
-def _body(active: ActiveRun, recorders: list[Recorder], *, fds: bool) -> Any:
+def _body(active: ActiveRun, recorders: list[Recorder], body: Body, *, fds: bool) -> Any:
     log = LogFile(active.paths.log)
     try:
         with active, capture_output(log, fds=fds), _sigterm_interrupts():
             active.logger.info("run %s started in %s", active.id, active.lock.dir)
             for recorder in recorders:
                 _guarded(active, f"start recording {recorder.key}", recorder.start, active)
-            result, local_vars, exc = call_capturing(active.stage.fn, active.config)
-            _finish(active, recorders, exc, log)
+            outcome = _guarded_body(body, active)
+            _finish(active, recorders, outcome, log)
     finally:
         log.close()
         active.close()
         drop_logger(active.logger)
     run = active.run.reload()  # the body may have read run.lock while it said "running"
-    run.locals, run.result, run.error = local_vars, result, exc
+    exc = outcome.error
+    run.locals, run.result, run.error = outcome.locals, outcome.result, exc
     if exc is not None:
         raise exc.with_traceback(_user_traceback(exc))
-    return result
+    return outcome.result
 
 
-def _finish(
-    active: ActiveRun, recorders: list[Recorder], exc: BaseException | None, log: LogFile
-) -> None:
-    status, error = _outcome(exc)
+def _guarded_body(body: Body, active: ActiveRun) -> Outcome:
+    """Call ``body``; an exception escaping it (an xpkit bug, Ctrl-C) becomes the outcome."""
+    try:
+        return body(active)
+    except BaseException as e:
+        return Outcome(error=e)
+
+
+def _finish(active: ActiveRun, recorders: list[Recorder], outcome: Outcome, log: LogFile) -> None:
+    status, error = _outcome(outcome.error)
     if error is not None:
         active.logger.error("run %s %s: %s: %s", active.id, status, error["type"], error["message"])
         log.write(error["traceback"])
@@ -224,6 +362,12 @@ def _finish(
     ended = now()
     known = {f.name for f in dataclasses.fields(RunLock)}
     extra = {k: v for k, v in sections.items() if k not in known}
+    if outcome.detached:  # the last worker ends the run
+        active.update_lock(
+            extra={**active.lock.extra, **extra},
+            **{k: v for k, v in sections.items() if k in known},
+        )
+        return
     lock = active.update_lock(
         status=status,
         ended=ended.isoformat(),

@@ -1,0 +1,200 @@
+"""Maps and sweeps on a real single-node Slurm cluster: array chunks, pool requeues, sweeps."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
+from xpkit._lock import load_lock
+from xpkit._paths import RunPaths
+from xpkit.errors import LockError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SCRIPT = """
+import dataclasses, os, time
+from pathlib import Path
+import xpkit as xp
+
+@dataclasses.dataclass
+class Config:
+    x: int = 0
+    sleep_s: float = 0.0
+
+@xp.stage(src=False)
+def main(cfg: Config):
+    time.sleep(cfg.sleep_s)
+    Path(cfg.save_dir, f"out-{cfg.x}.txt").write_text(os.environ.get("SLURM_JOB_ID", "-"))
+    xp.log_metrics({"x": cfg.x})
+    return cfg.x
+
+if __name__ == "__main__":
+    xp.run(main)
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, slurm_cluster: SlurmCluster) -> Path:  # noqa: F811
+    """A project dir with a stage script; jobs get this worktree's xpkit."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(SCRIPT))
+    return tmp_path
+
+
+def env(project: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_ROOT": str(project)}
+
+
+def xp_script(project: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "job.py", *args],
+        cwd=project,
+        env=env(project),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def write_tasks(project: Path, n: int, sleep_s: float) -> None:
+    lines = (json.dumps({"x": i, "sleep_s": sleep_s}) + "\n" for i in range(n))
+    (project / "tasks.jsonl").write_text("".join(lines))
+
+
+def the_run(project: Path) -> Path:
+    (run,) = [p for p in (project / "results" / "job").iterdir() if not p.is_symlink()]
+    return run
+
+
+def wait_tasks(project: Path, run: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``xp tasks RUN --wait``: follows the map to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "xpkit", "tasks", str(run), "--wait", "--interval", "2"],
+        cwd=project,
+        env=env(project),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def finished_runs(root: Path) -> list[Path]:
+    """The run directories under ``root`` whose run.lock says the run ended."""
+    if not root.exists():
+        return []
+    runs = [p for p in root.iterdir() if not p.is_symlink() and not p.name.startswith(".")]
+    ended = []
+    for run in runs:
+        try:
+            if load_lock(run).status != "running":
+                ended.append(run)
+        except LockError:
+            pass  # created, run.lock not written yet
+    return ended
+
+
+def ok_counts(run_dir: Path) -> collections.Counter[int]:
+    counts: collections.Counter[int] = collections.Counter()
+    for path in RunPaths(run_dir).done.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["status"] == "ok":
+                counts[record["i"]] += 1
+    return counts
+
+
+def test_array_chunked_map_returns_at_once_and_finishes_in_one_run(project: Path) -> None:
+    """chunks=4: submission returns with 4 array job ids; jobs run joblib; one run, all ok."""
+    write_tasks(project, 40, 0.1)
+    start = time.monotonic()
+    submitted = xp_script(
+        project, "--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", "chunks=4", "cpus=2"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert time.monotonic() - start < 20
+    run = the_run(project)
+    lock = load_lock(run)
+    assert lock.status in ("running", "completed")
+    assert lock.tasks is not None
+    assert lock.tasks["mode"] == "array"
+    assert len(lock.tasks["jobs"]) == 4
+    waited = wait_tasks(project, run, 180)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    lock = load_lock(run)
+    assert lock.status == "completed"
+    assert lock.tasks is not None
+    assert (lock.tasks["total"], lock.tasks["done"], lock.tasks["failed"]) == (40, 40, 0)
+    assert lock.metrics is not None
+    assert "x" in lock.metrics
+    assert ok_counts(run) == dict.fromkeys(range(40), 1)
+    job_ids = {(run / f"out-{i}.txt").read_text() for i in range(40)}
+    assert len(job_ids) == 4  # every array task did its chunk
+    assert "COMPLETED" in wait_tasks(project, run, 60).stdout
+
+
+def test_pool_workers_hit_the_time_limit_requeue_and_finish_everything(project: Path) -> None:
+    """workers=2, time_min=2, 80 tasks of 2.5 s: requeued, same run dir, nothing done twice."""
+    write_tasks(project, 80, 2.5)
+    submitted = xp_script(
+        project,
+        "--tasks",
+        "tasks.jsonl",
+        "--backend",
+        "slurm",
+        "--slurm",
+        "workers=2",
+        "time_min=2",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    run = the_run(project)
+    waited = wait_tasks(project, run, 360)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    lock = load_lock(run)
+    assert lock.status == "completed"
+    assert lock.tasks is not None
+    assert lock.tasks["mode"] == "pool"
+    assert (lock.tasks["done"], lock.tasks["failed"]) == (80, 0)
+    assert ok_counts(run) == dict.fromkeys(range(80), 1)
+    workers = sorted(p.stem for p in RunPaths(run).done.glob("*.jsonl"))
+    assert any(".r" in w for w in workers), f"no worker was requeued: {workers}"
+    assert len(list(run.glob("out-*.txt"))) == 80
+    assert [p for p in (project / "results" / "job").iterdir() if not p.is_symlink()] == [run]
+
+
+def test_sweep_of_four_configs_on_slurm(project: Path) -> None:
+    """--sweep x=1,2 sleep_s=0,0.5 --backend slurm: four runs, each its own dir, grouped."""
+    submitted = xp_script(
+        project, "--sweep", "x=1,2", "sleep_s=0,0.5", "--backend", "slurm", "--slurm", "time_min=5"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.count("submitted Slurm job") == 4
+    deadline = time.monotonic() + 120
+    runs: list[Path] = []
+    while time.monotonic() < deadline:
+        runs = finished_runs(project / "results" / "job")
+        if len(runs) == 4:
+            break
+        time.sleep(1)
+    assert len(runs) == 4
+    locks = [load_lock(r) for r in runs]
+    assert {lock.status for lock in locks} == {"completed"}
+    sweeps = sorted((lock.extra["sweep"]["point"], lock.extra["sweep"]["id"]) for lock in locks)
+    assert [p for p, _ in sweeps] == [0, 1, 2, 3]
+    assert len({i for _, i in sweeps}) == 1
+    assert sorted((lock.config["x"], lock.config["sleep_s"]) for lock in locks) == [
+        (1, 0.0),
+        (1, 0.5),
+        (2, 0.0),
+        (2, 0.5),
+    ]
