@@ -18,7 +18,15 @@ from .errors import XpkitError
 __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "diff": (
+        "xpkit._browse_cli:diff_command",
+        "compare two runs: config, code, data, env, metrics",
+    ),
+    "lineage": ("xpkit._browse_cli:lineage_command", "the tree of upstream runs of a run"),
+    "ls": ("xpkit._browse_cli:ls_command", "list runs with varying config keys and metrics"),
+    "show": ("xpkit._browse_cli:show_command", "one run: summary, config, data, lineage, error"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
