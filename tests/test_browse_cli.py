@@ -143,6 +143,14 @@ def test_ls_shows_exactly_the_varying_config_keys(pipeline: ModuleType) -> None:
     assert "0.3" in rows[1].split()
 
 
+def test_ls_in_colour_with_rich(pipeline: ModuleType) -> None:
+    """With FORCE_COLOR the table is drawn by rich, statuses in colour."""
+    done = xp_cli("ls", "results/train", env={"FORCE_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "\x1b[32mcompleted\x1b[0m" in done.stdout
+    assert sum(run.id in done.stdout for run in xp.runs("results/train")) == len(LRS)
+
+
 def test_ls_where_filters_numerically_and_json_parses(pipeline: ModuleType) -> None:
     """--where compares numbers; --format json is the flat array DESIGN.md fixes."""
     done = xp_cli("ls", "--where", "config.lr > 0.01 and metrics.acc >= 0.5", "--format", "json")
@@ -254,6 +262,7 @@ def test_diff_shows_config_code_data_and_packages(pipeline: ModuleType) -> None:
     assert "  lr: 0.01 -> 0.1" in out
     assert "pipeline.py | 2 +" in out
     assert "  raw: xxh3_128:aa -> xxh3_128:bb" in out
+    assert "    (no file manifests: only the hash is known to differ)" in out
     assert f"  packages.numpy: {packages.get('numpy', '(missing)')} -> 0.0.1" in out
     assert f"  - packages.pyyaml: {packages['pyyaml']}" in out
     assert "  + packages.brand-new-pkg: 1.0" in out

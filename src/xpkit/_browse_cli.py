@@ -245,14 +245,19 @@ def varying_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
         by_stage.setdefault(rec.get("stage"), []).append(rec)
         keys.update(dict.fromkeys(k for k in rec if k.startswith("config.")))
     keys.pop("config.save_dir", None)
-    out = []
-    for key in keys:
-        for group in by_stage.values():
-            values = {json.dumps(r.get(key, MISSING), default=repr) for r in group}
-            if len(values) > 1:
-                out.append(key)
-                break
-    return out
+    return [k for k in keys if any(_varies(k, group) for group in by_stage.values())]
+
+
+def _varies(key: str, group: list[Mapping[str, Any]]) -> bool:
+    first = _comparable(group[0].get(key, MISSING))
+    return any(_comparable(r.get(key, MISSING)) != first for r in group[1:])
+
+
+def _comparable(value: Any) -> Any:
+    """A value that compares equal only to the same value of the same type (1 != 1.0 != True)."""
+    if isinstance(value, (list, dict)):
+        return ("json", json.dumps(value, sort_keys=True, default=repr))
+    return (type(value).__name__, value)
 
 
 def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
