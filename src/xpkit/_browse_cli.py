@@ -180,6 +180,12 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
 def ls_command(argv: list[str]) -> int:
     """``xp ls [PATH...] [--where EXPR] [--sort KEY] [--limit N] [--format table|csv|json]``."""
     p = _parser("ls", "List runs, newest first, with the config keys that vary and metrics.")
+    p.epilog = (
+        "EXPR compares fields (config.KEY, metrics.NAME, id, stage, status, dir, started, "
+        "duration_s, commit) with == != < <= > >= (two numbers compare as numbers), "
+        "combined with and, or, not and parentheses; strings may be quoted or bare. "
+        "Example: xp ls --where 'config.lr > 0.01 and status == completed' --sort -metrics.acc"
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help="run dirs, dirs of runs or globs")
     p.add_argument(
         "-w", "--where", metavar="EXPR", help="e.g. 'config.lr > 0.01 and status == completed'"
@@ -192,8 +198,10 @@ def ls_command(argv: list[str]) -> int:
     args = p.parse_args(_glue_sort(argv))
     settings = load_settings()
     found = Runs.load(find_run_dirs(args.paths or None, settings=settings), settings=settings)
+    here = os.getcwd() + os.sep
     for message in found.skipped:
-        print(f"xp ls: warning: skipped {message}", file=sys.stderr)
+        shown_message = message[len(here) :] if message.startswith(here) else message
+        print(f"xp ls: warning: skipped {shown_message}", file=sys.stderr)
     shown = found.where(args.where) if args.where else found
     shown = shown.sort(args.sort)
     if args.limit is not None:
