@@ -274,3 +274,58 @@ def test_read_head_reads_a_hand_written_lock(tmp_path: Path) -> None:
     )
     head = read_head(lock)
     assert (head.id, dict(head.config), head.env) == ("abc", {"a": 1}, None)
+
+
+TRICKY_VALUES = {
+    "yes_word": "yes",
+    "exp_no_dot": "1e5",
+    "hex": "0x1f",
+    "octal": "007",
+    "underscored": "1_000",
+    "date": "2024-01-01",
+    "timestamp": "2026-11-25T11:07:14+00:00",
+    "none": None,
+    "flag": True,
+    "off": "off",
+    "items": [1, "two", 3.5, None, "٣"],
+    "empty_map": {},
+    "empty_list": [],
+    "quote": "it's",
+    "colon": "a: b",
+    "colon_tight": "a:b",
+    "hash": "a #b",
+    "dash": "-x",
+    "small": 1e-05,
+    "negative": -3,
+    "plus": "+5",
+    "inf": float("inf"),
+    "blank": "",
+    "unicode": "ünï",
+    "unicode_digits": "١٢",
+    "long": "word " * 40,
+    "multiline": "a\nb",
+    "tab": "a\tb",
+    "double_quotes": 'say "hi"',
+    "yes": 1,
+    "nested": {"deep": {"deeper": 0.5, "list": [{"z": 1}]}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_VALUES))
+def test_read_head_matches_pyyaml(tmp_path: Path, name: str) -> None:
+    """The fast head parser gives exactly what PyYAML gives, value types included."""
+    config = {"before": 1, name: TRICKY_VALUES[name], "after": "x"}
+    lock = {"xpkit": 1, "id": "i", "stage": "s", "dir": "d", "status": "completed"}
+    (tmp_path / "run.lock").write_text(dump_yaml({**lock, "config": config}))
+    head = read_head(tmp_path / "run.lock")
+    expected = yaml.safe_load((tmp_path / "run.lock").read_text())["config"]
+    assert repr(dict(head.config)) == repr(expected)
+
+
+def test_locks_xpkit_writes_take_the_fast_path(pipeline: ModuleType) -> None:
+    """Heads of the locks xpkit writes parse without falling back to PyYAML."""
+    from xpkit._runindex import _cut, _simple_yaml
+
+    for run in xp.runs():
+        text = run.paths.lock.read_text()
+        assert _simple_yaml(_cut(text)) == yaml.safe_load(_cut(text))

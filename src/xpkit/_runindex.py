@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,111 @@ def _cut(text: str) -> str:
 
 def _head_dict(text: str) -> dict[str, Any] | None:
     """The head sections parsed, or None when the cut text is not a plain mapping."""
+    head = _cut(text)
     try:
-        data = yaml.load(_cut(text), Loader=_Loader)
-    except yaml.YAMLError:
-        return None
+        data = _simple_yaml(head)
+    except _Unsupported:
+        try:
+            data = yaml.load(head, Loader=_Loader)
+        except yaml.YAMLError:
+            return None
     return data if isinstance(data, dict) and "xpkit" in data else None
+
+
+# -- a parser for the plain subset of YAML that dump_yaml writes for configs and metrics -----
+#
+# PyYAML builds every value in Python even with the C loader (~0.5 ms for 50 config keys);
+# this reads block mappings of `key: scalar` lines, indentless lists of scalars, quoted
+# strings and {} / [] in ~5x less. Anything else (a literal block, a wrapped long string,
+# flow collections, anchors, a scalar PyYAML would read as a date or a special float) raises
+# _Unsupported and PyYAML parses the text: the result is always what PyYAML would give.
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_KEY_LINE = re.compile(r"( *)([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?\Z")
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
+_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+(?:[eE][-+][0-9]+)?\Z")
+_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
+_WORDS: dict[str, Any] = {"null": None, "Null": None, "NULL": None, "~": None}
+_WORDS.update(dict.fromkeys(["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"], True))
+_WORDS.update(
+    dict.fromkeys(["false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"], False)
+)
+
+
+def _scalar(text: str) -> Any:
+    first = text[:1]
+    if first == "'":
+        body = text[1:-1]
+        if len(text) < 2 or not text.endswith("'") or "'" in body.replace("''", ""):
+            raise _Unsupported
+        return body.replace("''", "'")
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    special = first in '"&*!|>%@`{[]},#?:-'
+    if not text or (special and not _INT.match(text) and not _FLOAT.match(text)):
+        raise _Unsupported
+    if ": " in text or " #" in text or text.endswith((":", " ")):
+        raise _Unsupported
+    if text.isascii() and text.isdigit() and (first != "0" or text == "0"):
+        return int(text)  # the commonest config value, without the regular expressions
+    for tag, regexp in _RESOLVERS.get(first, ()):
+        if regexp.match(text):
+            if tag.endswith(":int") and _INT.match(text):
+                return int(text)
+            if tag.endswith(":float") and _FLOAT.match(text):
+                return float(text)
+            if (tag.endswith((":bool", ":null"))) and text in _WORDS:
+                return _WORDS[text]
+            raise _Unsupported  # a date, 0x1f, 1_000, .inf...: let PyYAML decide
+    return text
+
+
+def _simple_yaml(text: str) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(0, root)]  # (indent of its keys, mapping)
+    open_key: tuple[int, dict[str, Any], str] | None = None  # `key:` awaiting its block
+    for line in text.splitlines():
+        m = _KEY_LINE.match(line)
+        if m is None:  # only an item of an indentless list under the open key may follow
+            stripped = line.lstrip(" ")
+            if open_key is None or not stripped.startswith("- "):
+                raise _Unsupported
+            indent, parent, key = open_key
+            items = parent.setdefault(key, [])
+            if len(line) - len(stripped) != indent or not isinstance(items, list):
+                raise _Unsupported
+            items.append(_scalar(stripped[2:]))
+            continue
+        indent, key, value = len(m.group(1)), m.group(2), m.group(3)
+        if key in _WORDS:
+            raise _Unsupported  # `yes:` is a boolean key in YAML 1.1
+        if open_key is not None:
+            o_indent, parent, o_key = open_key
+            open_key = None
+            if o_key not in parent:  # no list started: a nested mapping must
+                if indent != o_indent + 2:
+                    raise _Unsupported
+                child: dict[str, Any] = {}
+                parent[o_key] = child
+                stack.append((indent, child))
+        while stack[-1][0] > indent:
+            stack.pop()
+        level, node = stack[-1]
+        if level != indent or key in node:
+            raise _Unsupported
+        if value is None:
+            open_key = (indent, node, key)
+        else:
+            node[key] = _scalar(value)
+    if open_key is not None and open_key[2] not in open_key[1]:
+        raise _Unsupported
+    return root
 
 
 def read_head(path: str | os.PathLike[str]) -> RunLock:
@@ -151,10 +252,6 @@ class RunIndex:
         return lock
 
     def _store(self, key: str, stamp: list[int], value: dict[str, Any]) -> None:
-        try:
-            json.dumps(value, allow_nan=True)
-        except (TypeError, ValueError):
-            return  # a value JSON cannot hold (a YAML date): parse again next time
         self._entries[key] = [*stamp, value]
         self._dirty = True
 
@@ -163,11 +260,27 @@ class RunIndex:
         if self.path is None or not self._dirty:
             return
         self._entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
-        text = json.dumps({"version": _INDEX_VERSION, "entries": self._entries})
+        try:
+            text = _dumps(self._entries)
+        except (TypeError, ValueError):  # a value JSON cannot hold (a YAML date): not cached
+            self._entries = {k: v for k, v in self._entries.items() if _jsonable(v)}
+            text = _dumps(self._entries)
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, text)
         self._dirty = False
+
+
+def _dumps(entries: dict[str, list[Any]]) -> str:
+    return json.dumps({"version": _INDEX_VERSION, "entries": entries}, separators=(",", ":"))
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _from_entry(value: dict[str, Any], source: str) -> RunLock:
