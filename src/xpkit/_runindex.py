@@ -3,8 +3,9 @@
 A run.lock is mostly ``env.packages`` and the recursive ``upstream`` locks; a listing needs
 neither. :func:`read_head` parses only the top-level sections named in :data:`HEAD_KEYS`
 (cut out of the text by their column-0 key lines, as written by :func:`~xpkit._lock.dump_yaml`),
-falling back to the full parse whenever the cut text does not validate, so a hand-written lock
-is read correctly, just slower.
+with a small parser for the plain YAML that dump_yaml writes there, PyYAML for anything else,
+and the full parse whenever the cut text does not validate: a hand-written lock is read
+correctly, just slower.
 
 :class:`RunIndex` remembers each head in a JSON file keyed by the lock's (mtime_ns, size,
 inode): a listing of unchanged runs reads no YAML at all.
