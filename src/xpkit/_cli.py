@@ -23,6 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "xpkit._git_cli:checkout_command",
         "restore a run's code snapshot as a git worktree",
     ),
+    "diff": (
+        "xpkit._browse_cli:diff_command",
+        "compare two runs: config, code, data, env, metrics",
+    ),
+    "lineage": ("xpkit._browse_cli:lineage_command", "the tree of upstream runs of a run"),
+    "ls": ("xpkit._browse_cli:ls_command", "list runs with varying config keys and metrics"),
+    "show": ("xpkit._browse_cli:show_command", "one run: summary, config, data, lineage, error"),
     "tasks": ("xpkit._tasks_cli:main", "progress of a mapped run: done, failed, left, Slurm jobs"),
 }
 

@@ -74,9 +74,8 @@ class EnvRecorder:
 
 def default_recorders(plan: RunPlan) -> list[Recorder]:
     """The recorders of one run, in the order their sections appear in run.lock."""
-    from ._source import SourceRecorder  # imported on the first run, not with xpkit
+    # imported on the first run, not with xpkit
+    from ._lineage import UpstreamRecorder
+    from ._source import SourceRecorder
 
-    recorders: list[Recorder] = []
-    recorders.append(SourceRecorder())
-    recorders.append(EnvRecorder())
-    return recorders
+    return [UpstreamRecorder(), SourceRecorder(), EnvRecorder()]

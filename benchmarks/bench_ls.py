@@ -1,0 +1,248 @@
+"""Benchmark: ``xp ls`` and ``xp.runs().to_pandas()`` over many runs, beside ``mlflow.search_runs``.
+
+Generates N run directories (each run.lock with K config keys, a few metrics, the real
+``env.packages`` of this interpreter and one recorded upstream lock, as real runs have), then
+times, as wall clock of a fresh process and as the median of several repeats:
+
+- ``xp ls`` cold (no head cache) and warm, table and json output;
+- ``xp.runs().to_pandas()`` in a process (pandas import included and excluded);
+- when mlflow is importable, the same runs synced into a SQLite MLflow store with one
+  ``log_batch`` per run, and ``mlflow.search_runs`` over them.
+
+Usage: python benchmarks/bench_ls.py [--runs 1000] [--keys 50] [--repeat 5] [--no-mlflow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+
+from xpkit._env import collect_env  # noqa: E402
+from xpkit._lock import RunLock, new_run_id, write_lock  # noqa: E402
+from xpkit._paths import RunPaths  # noqa: E402
+
+
+def generate(root: Path, *, runs: int, keys: int) -> list[RunLock]:
+    """Write ``runs`` run directories under ``root/results/train``."""
+    rng = random.Random(0)
+    env = collect_env()
+    upstream = RunLock(
+        id=new_run_id(),
+        stage="prepare",
+        dir="results/prepare/000000-000000",
+        status="completed",
+        started="2024-01-01T00:00:00+00:00",
+        config={"n": 10, "save_dir": "results/prepare/000000-000000"},
+        env=env,
+    ).to_dict()
+    locks = []
+    for i in range(runs):
+        name = f"240101-{i // 3600:02d}{i // 60 % 60:02d}{i % 60:02d}"
+        config: dict[str, object] = {f"k{j:02d}": rng.choice([1, 2, 3]) for j in range(keys - 3)}
+        config.update(lr=rng.choice([0.1, 0.01, 0.001]), model={"depth": rng.randint(1, 8)})
+        config["save_dir"] = f"results/train/{name}"
+        lock = RunLock(
+            id=new_run_id(),
+            stage="train",
+            dir=f"results/train/{name}",
+            status="completed",
+            started=f"2024-01-02T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
+            ended=f"2024-01-02T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
+            duration_s=round(rng.uniform(1, 100), 3),
+            config=config,
+            src={"commit": f"{rng.getrandbits(160):040x}", "branch": "main", "dirty": False},
+            upstream={"prepared": upstream},
+            env=env,
+            metrics={"loss": rng.random(), "acc": rng.random(), "f1": rng.random()},
+        )
+        paths = RunPaths(root / lock.dir)
+        paths.dir.mkdir(parents=True)
+        write_lock(paths.lock, lock)
+        steps = [{"time": 0.0, "step": s, "metrics": dict(lock.metrics or {})} for s in range(5)]
+        paths.metrics.write_text("".join(json.dumps(s) + "\n" for s in steps))
+        locks.append(lock)
+    return locks
+
+
+Timing = tuple[float, float]  # (wall s, cpu s), medians
+
+
+def wall(cmd: list[str], cwd: Path, *, repeat: int, before: object = None) -> Timing:
+    """Median wall and CPU (user+sys) seconds of ``cmd`` run in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_ROOT": str(cwd)}
+    env.pop("FORCE_COLOR", None)
+    walls, cpus = [], []
+    for _ in range(repeat):
+        if callable(before):
+            before()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def in_process(code: str, cwd: Path, *, repeat: int) -> Timing:
+    """Median (wall, cpu) seconds that ``code`` reports on its last line as ``wall cpu``."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_ROOT": str(cwd)}
+    walls, cpus = [], []
+    for _ in range(repeat):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=cwd,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        w, c = out.strip().splitlines()[-1].split()
+        walls.append(float(w))
+        cpus.append(float(c))
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def sync_mlflow(root: Path, locks: list[RunLock]) -> str:
+    """Log every run into a SQLite MLflow store (one log_batch per run); return the URI."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from xpkit._runs import flatten_into
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("bench")
+    for lock in locks:
+        run = client.create_run(experiment, start_time=0, tags={"xpkit.run_id": lock.id})
+        flat: dict[str, object] = {}
+        flatten_into(lock.config, "", flat)
+        params = [Param(k, str(v)) for k, v in flat.items()]
+        tags = [RunTag("xpkit.stage", lock.stage), RunTag("xpkit.commit", lock.src["commit"])]
+        metrics = [Metric(k, float(v), 0, 0) for k, v in (lock.metrics or {}).items()]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
+        client.set_terminated(run.info.run_id, end_time=1)
+    del mlflow
+    return uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--keys", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="xpkit-bench-ls-"))
+    try:
+        run(root, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path, args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    locks = generate(root, runs=args.runs, keys=args.keys)
+    lock_kb = sum((root / lk.dir / "run.lock").stat().st_size for lk in locks) / len(locks) / 1e3
+    print(
+        f"generated {args.runs} runs x {args.keys} config keys "
+        f"({lock_kb:.0f} kB run.lock each) in {time.perf_counter() - start:.1f} s"
+    )
+    cache = root / "results" / ".xpkit"
+    xp = [sys.executable, "-m", "xpkit"]
+    results: dict[str, Timing] = {}
+    results["python -c pass"] = wall([sys.executable, "-c", "pass"], root, repeat=args.repeat)
+    results["xp --version (startup)"] = wall([*xp, "--version"], root, repeat=args.repeat)
+    drop = lambda: shutil.rmtree(cache, ignore_errors=True)  # noqa: E731
+    results["xp ls, cold (no head cache)"] = wall(
+        [*xp, "ls"], root, repeat=args.repeat, before=drop
+    )
+    results["xp ls, warm"] = wall([*xp, "ls"], root, repeat=args.repeat)
+    results["xp ls --format json, warm"] = wall([*xp, "ls", "-f", "json"], root, repeat=args.repeat)
+    results["xp ls --where ..., warm"] = wall(
+        [*xp, "ls", "--where", "config.lr > 0.01 and metrics.acc >= 0.5"], root, repeat=args.repeat
+    )
+    code = (
+        "import time; t, c = time.perf_counter(), time.process_time(); import pandas; "
+        "import xpkit as xp; s, d = time.perf_counter(), time.process_time(); "
+        "df = xp.runs().to_pandas(); assert len(df) == {n}; "
+        "print(time.perf_counter() - {w}, time.process_time() - {c})"
+    )
+    results["xp.runs().to_pandas(), warm, in process"] = in_process(
+        code.format(n=args.runs, w="s", c="d"), root, repeat=args.repeat
+    )
+    results["xp.runs().to_pandas() + imports, warm"] = in_process(
+        code.format(n=args.runs, w="t", c="c"), root, repeat=args.repeat
+    )
+    results["to_pandas() wall (process)"] = wall(
+        [sys.executable, "-c", "import xpkit as xp; xp.runs().to_pandas()"],
+        root,
+        repeat=args.repeat,
+    )
+    if not args.no_mlflow:
+        mlflow_times(root, locks, results, repeat=args.repeat)
+    report(results)
+
+
+def report(results: dict[str, Timing]) -> None:
+    """Print the timings and the ratios MLflow / xpkit (wall and CPU)."""
+    width = max(map(len, results))
+    print(f"\n{'':<{width}}  {'wall ms':>8}  {'cpu ms':>8}")
+    for name, (wall_s, cpu_s) in results.items():
+        print(f"{name:<{width}}  {wall_s * 1000:8.0f}  {cpu_s * 1000:8.0f}")
+    print()
+    pairs = [
+        ("mlflow.search_runs wall (process)", "xp ls, warm"),
+        ("mlflow.search_runs wall (process)", "xp ls, cold (no head cache)"),
+        ("mlflow.search_runs, in process", "xp.runs().to_pandas(), warm, in process"),
+    ]
+    for slow, fast in pairs:
+        if slow in results and fast in results:
+            (sw, sc), (fw, fc) = results[slow], results[fast]
+            print(f"{slow} / {fast}: {sw / fw:.1f}x wall, {sc / fc:.1f}x cpu")
+
+
+def mlflow_times(
+    root: Path, locks: list[RunLock], results: dict[str, Timing], *, repeat: int
+) -> None:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        print("mlflow not importable: skipping the MLflow comparison")
+        return
+    start = time.perf_counter()
+    uri = sync_mlflow(root, locks)
+    print(f"synced {len(locks)} runs into MLflow (SQLite) in {time.perf_counter() - start:.1f} s")
+    code = (
+        f"import time, mlflow; mlflow.set_tracking_uri({uri!r}); "
+        "t, c = time.perf_counter(), time.process_time(); "
+        "df = mlflow.search_runs(experiment_names=['bench'], max_results=100000); "
+        f"assert len(df) == {len(locks)}; "
+        "print(time.perf_counter() - t, time.process_time() - c)"
+    )
+    results["mlflow.search_runs, in process"] = in_process(code, root, repeat=repeat)
+    cmd = [
+        sys.executable,
+        "-c",
+        f"import mlflow; mlflow.set_tracking_uri({uri!r}); "
+        "mlflow.search_runs(experiment_names=['bench'], max_results=100000)",
+    ]
+    results["mlflow.search_runs wall (process)"] = wall(cmd, root, repeat=repeat)
+
+
+if __name__ == "__main__":
+    main()
