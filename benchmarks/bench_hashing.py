@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from xpkit._hashing import hash_path, jobs_of
 from xpkit._hashworker import digest_file
 
-_LINE = "{:<16} {:<42} {:>9} {:>8} {:>14} {:>12}"
+_LINE = "{:<16} {:<40} {:>9} {:>8} {:>8} {:>14} {:>12}"
 
 
 @dataclass
@@ -43,13 +44,21 @@ class Row:
 
     workload: str
     tool: str
-    times_s: list[float]
+    measured: tuple[list[float], list[float]]  # wall times, CPU times
     size: float  # files or bytes, for the throughput column
     unit: str
 
     @property
     def median_s(self) -> float:
-        return statistics.median(self.times_s)
+        return statistics.median(self.measured[0])
+
+    @property
+    def best_s(self) -> float:
+        return min(self.measured[0])
+
+    @property
+    def cpu_s(self) -> float:
+        return statistics.median(self.measured[1])
 
 
 def main() -> None:
@@ -112,15 +121,24 @@ def _age(root: Path) -> None:
 
 def _timed(
     fn: Callable[[], object], repeat: int, before: Callable[[], None] | None = None
-) -> list[float]:
-    times = []
+) -> tuple[list[float], list[float]]:
+    """Wall times and CPU times (this process and its children, user + system) of ``fn``."""
+    walls, cpus = [], []
     for _ in range(repeat):
         if before is not None:
             before()
+        cpu0 = _cpu_s()
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return times
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_s() - cpu0)
+    return walls, cpus
+
+
+def _cpu_s() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _bench_tree(root: Path, n: int, repeat: int) -> list[Row]:
@@ -224,7 +242,7 @@ def _dirhash_rows(root: Path, work: str, size: float, repeat: int, extra: str | 
 def _cli_rows(root: Path, work: str, size: float, repeat: int, unit: str = "files") -> list[Row]:
     rows = []
     if shutil.which("xxhsum"):
-        cmd = f"find {root} -type f -print0 | xargs -0 xxhsum -H2 > /dev/null"
+        cmd = f"find {root} -type f -print0 | xargs -0 xxhsum -H2 > /dev/null 2>&1"
         rows.append(
             Row(
                 work,
@@ -268,7 +286,7 @@ def _dvc_rows(root: Path, work: str, size: float, repeat: int, unit: str) -> lis
 
 def _print_table(rows: list[Row]) -> None:
     print()
-    head = ("workload", "tool", "median s", "best s", "throughput", "x xpkit cold")
+    head = ("workload", "tool", "median s", "best s", "cpu s", "throughput", "x xpkit cold")
     print(_LINE.format(*head))
     base: dict[str, float] = {}
     for row in rows:
@@ -277,34 +295,39 @@ def _print_table(rows: list[Row]) -> None:
         rate = row.size / row.median_s
         shown = f"{rate / 1e9:.1f} GB/s" if row.unit == "B" else f"{rate / 1e3:.0f}k files/s"
         ratio = row.median_s / base[row.workload]
-        times = (f"{row.median_s:.3f}", f"{min(row.times_s):.3f}")
+        times = (f"{row.median_s:.3f}", f"{row.best_s:.3f}", f"{row.cpu_s:.3f}")
         print(_LINE.format(row.workload, row.tool, *times, shown, f"{ratio:.2f}x"))
 
 
 def _print_targets(rows: list[Row]) -> None:
-    by = {(r.workload.split()[1], r.tool): r for r in rows}
-    checks = []
-    tree = {t: r for (w, t), r in by.items() if w == "files"}
-    big = {t: r for (w, t), r in by.items() if w == "GiB"}
+    """PASS/FAIL of the targets of issue 4, on median wall time (best time in brackets)."""
+    tree = {r.tool: r for r in rows if r.unit == "files"}
+    big = {r.tool: r for r in rows if r.unit == "B"}
+    checks: list[tuple[str, bool, str]] = []
     cold = tree.get("xpkit cold (empty cache)")
     if cold is not None:
-        checks.append(("tree cold <= 1.0 s", cold.median_s <= 1.0, f"{cold.median_s:.3f} s"))
-        dh = next((r for t, r in tree.items() if t.startswith("dirhash xxh3")), None)
-        if dh is not None:
-            ratio = dh.median_s / cold.median_s
-            checks.append(("tree cold >= 3x faster than dirhash", ratio >= 3, f"{ratio:.1f}x"))
+        checks.append(("tree cold <= 1.0 s", cold.median_s <= 1.0, _times(cold)))
+        dirhash = next((r for t, r in tree.items() if t.startswith("dirhash xxh3")), None)
+        if dirhash is not None:
+            ratio = dirhash.median_s / cold.median_s
+            best = dirhash.best_s / cold.best_s
+            checks.append(
+                ("tree cold >= 3x faster than dirhash", ratio >= 3, f"{ratio:.1f}x ({best:.1f}x)")
+            )
     same = tree.get("xpkit nothing changed")
     if same is not None:
-        checks.append(
-            ("tree nothing changed <= 0.6 s", same.median_s <= 0.6, f"{same.median_s:.3f} s")
-        )
+        checks.append(("tree nothing changed <= 0.6 s", same.median_s <= 0.6, _times(same)))
     cold_big = big.get("xpkit cold (no cache)")
     if cold_big is not None:
-        rate = cold_big.size / cold_big.median_s / 1e9
-        checks.append(("big file >= 10 GB/s", rate >= 10, f"{rate:.1f} GB/s"))
+        rate, best = (cold_big.size / t / 1e9 for t in (cold_big.median_s, cold_big.best_s))
+        checks.append(("big file >= 10 GB/s", rate >= 10, f"{rate:.1f} GB/s ({best:.1f})"))
     print()
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name:<40} {value}")
+
+
+def _times(row: Row) -> str:
+    return f"{row.median_s:.3f} s ({row.best_s:.3f} s)"
 
 
 if __name__ == "__main__":

@@ -390,8 +390,10 @@ def test_hash_command_prints_lines_and_json(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [record.hash, "7", str(record.bytes), str(tree)]
     assert (tmp_path / "xdg" / "xpkit" / "hash-cache.sqlite").exists()
-    assert hash_command([str(tree), "--json", "--no-cache", "--jobs", "2"]) == 0
-    assert json.loads(capsys.readouterr().out) == [record.to_lock()]
+    assert hash_command([str(tree), "--json", "--no-cache", str(tree / "a.txt"), "--jobs=2"]) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert first == record.to_lock()
+    assert second["files"] == 1
 
 
 def test_hash_command_missing_path_exits_2(

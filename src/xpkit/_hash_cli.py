@@ -35,7 +35,7 @@ def hash_command(args: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes")
     parser.add_argument("--exclude", action="append", metavar="GLOB", help="leave matches out")
     parser.add_argument("--include", action="append", metavar="GLOB", help="hash only matches")
-    opts = parser.parse_args(args)
+    opts = parser.parse_intermixed_args(args)
     if opts.jobs is not None and opts.jobs < 1:
         parser.error("--jobs must be at least 1")
     missing = [p for p in opts.paths if not os.path.exists(p)]
