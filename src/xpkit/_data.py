@@ -72,7 +72,7 @@ class DataRecorder:
             if not os.path.exists(value):
                 msg = f"data path of {key!r} does not exist: {value}"
                 raise DataError(msg)
-            self._paths[key] = os.fspath(value)
+            self._paths[key] = os.path.abspath(value)  # as the body's open() would see it
 
     def start(self, run: ActiveRun) -> None:
         """Start hashing every data path in a background thread."""
@@ -90,10 +90,10 @@ class DataRecorder:
         Raises:
             DataError: the path does not exist.
         """
-        path = os.fspath(path)
         if not os.path.exists(path):
-            msg = f"tracked data path does not exist: {path}"
+            msg = f"tracked data path does not exist: {os.fspath(path)}"
             raise DataError(msg)
+        path = os.path.abspath(path)
         if self._paths.get(name) == path and name in self._futures:
             return
         self._paths[name] = path
