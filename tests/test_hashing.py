@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,8 +119,15 @@ def test_directory_hash_follows_the_design_format(tree: Path, cache: Path) -> No
 def test_workers_and_in_process_agree(tmp_path: Path) -> None:
     """Many files read by worker processes hash exactly as when read in this process."""
     root = tmp_path / "many"
-    _write(root, {f"d{i % 7}/f{i}.bin": os.urandom(i % 97) for i in range(2500)})
-    in_workers = hash_path(root, cache=False, jobs=2)
+    _write(root, {f"d{i % 7}/f{i}.bin": os.urandom(i % 97) for i in range(8200)})
+    threads = set()
+
+    def progress(done: int, total: int) -> None:
+        threads.add(threading.current_thread().name)
+
+    # From 8000 files on, worker processes read; threads here collect their answers.
+    in_workers = hash_path(root, cache=False, jobs=2, progress=progress)
+    assert threads - {threading.current_thread().name}
     assert in_workers == hash_path(root, cache=False, jobs=1)
     assert in_workers.hash == _expected(root)
 
