@@ -17,11 +17,15 @@ _GIT_IDENTITY = {
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Forget cached project settings around each test; give git commits an author."""
     for key, value in _GIT_IDENTITY.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("XPKIT_ROOT", raising=False)
+    # the data hash cache defaults to ~/.cache; keep the suite's out of the user's
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
     clear_settings_cache()
     yield
     clear_settings_cache()

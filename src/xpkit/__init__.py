@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 from ._context import current, get_logger, log_metrics, track_data, use_run
+from ._data import diff_manifests, load_manifest
+from ._hashing import HashRecord, hash_path
 from ._run import Run
 from ._runs import Runs, runs
 from ._script import run
@@ -21,13 +23,17 @@ from .errors import XpkitError
 __version__ = "0.1.0"
 
 __all__ = [
+    "HashRecord",
     "Run",
     "Runs",
     "Stage",
     "XpkitError",
     "__version__",
     "current",
+    "diff_manifests",
     "get_logger",
+    "hash_path",
+    "load_manifest",
     "log_metrics",
     "run",
     "runs",

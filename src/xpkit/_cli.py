@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "xpkit._browse_cli:diff_command",
         "compare two runs: config, code, data, env, metrics",
     ),
+    "hash": ("xpkit._hash_cli:hash_command", "xxh3-128 hashes of files and directories (cached)"),
     "lineage": ("xpkit._browse_cli:lineage_command", "the tree of upstream runs of a run"),
     "ls": ("xpkit._browse_cli:ls_command", "list runs with varying config keys and metrics"),
     "show": ("xpkit._browse_cli:show_command", "one run: summary, config, data, lineage, error"),

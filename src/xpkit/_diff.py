@@ -7,14 +7,13 @@ changed"). Both are looked up at call time, so this module works without them.
 
 from __future__ import annotations
 
-import importlib
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._run import Run
 from ._runs import flatten_into
+from .errors import XpkitError
 
 __all__ = [
     "MISSING",
@@ -125,16 +124,16 @@ def _file_changes(
     a: Run, b: Run, name: str
 ) -> tuple[list[str] | None, list[str] | None, list[str] | None]:
     """(added, removed, modified) files from the two manifests, or Nones without them."""
+    from ._data import diff_manifests, load_manifest
+
     try:
-        hashing: Any = importlib.import_module("xpkit._hashing")
-        ma = hashing.load_manifest(a.dir, name)
-        mb = hashing.load_manifest(b.dir, name)
-        if ma is None or mb is None:
-            return None, None, None
-        added, removed, modified = hashing.diff_manifests(ma, mb)
-    except Exception:  # no hashing module, no manifests, or an unreadable one
+        ma = load_manifest(a.dir, name)
+        mb = load_manifest(b.dir, name)
+    except (OSError, ValueError):  # an unreadable manifest: only the hash is known
         return None, None, None
-    return sorted(map(str, added)), sorted(map(str, removed)), sorted(map(str, modified))
+    if ma is None or mb is None:
+        return None, None, None
+    return diff_manifests(ma, mb)
 
 
 @dataclass(frozen=True)
@@ -156,24 +155,12 @@ def code_diff(a: Run, b: Run, *, stat: bool = True) -> CodeDiff:
     if ca == cb:
         return CodeDiff(ca, cb, note=f"same code snapshot {ca[:7]}")
     root = b.root
+    from ._git import code_diff as git_code_diff
+
     try:
-        try:
-            diff = importlib.import_module("xpkit._git").code_diff
-        except (ImportError, AttributeError):
-            diff = _git_diff
-        text = str(diff(root, ca, cb, stat=stat))
-    except Exception as e:  # a GitError, git missing, or snapshots not fetched here
+        text = git_code_diff(root, ca, cb, stat=stat)
+    except XpkitError as e:  # git missing, or the snapshots were not fetched here
         return CodeDiff(ca, cb, note=f"snapshots not available here: {e}")
     if not text.strip():
         return CodeDiff(ca, cb, note="snapshots differ but hold the same files")
     return CodeDiff(ca, cb, text=text)
-
-
-def _git_diff(root: Any, ca: str, cb: str, *, stat: bool) -> str:
-    args = ["git", "diff", "--no-color", "--no-ext-diff", *(["--stat"] if stat else []), ca, cb]
-    done = subprocess.run(args, cwd=root, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or ["git diff failed"]
-        msg = detail[0]
-        raise RuntimeError(msg)
-    return done.stdout

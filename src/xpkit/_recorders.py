@@ -75,7 +75,8 @@ class EnvRecorder:
 def default_recorders(plan: RunPlan) -> list[Recorder]:
     """The recorders of one run, in the order their sections appear in run.lock."""
     # imported on the first run, not with xpkit
+    from ._data import DataRecorder
     from ._lineage import UpstreamRecorder
     from ._source import SourceRecorder
 
-    return [UpstreamRecorder(), SourceRecorder(), EnvRecorder()]
+    return [UpstreamRecorder(), SourceRecorder(), DataRecorder(), EnvRecorder()]
