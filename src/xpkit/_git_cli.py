@@ -1,0 +1,64 @@
+"""``xp checkout RUN [DIR]``: restore a run's code snapshot as a git worktree."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._git import checkout
+from ._paths import RunPaths
+from ._settings import find_project_root
+from .errors import LockError, RunNotFoundError, XpkitError
+
+__all__ = ["checkout_command"]
+
+
+def checkout_command(args: list[str]) -> int:
+    """Run ``xp checkout RUN [DIR]``; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="xp checkout",
+        description="Restore the code snapshot of a run as a detached git worktree.",
+    )
+    parser.add_argument("run", metavar="RUN", help="a run directory")
+    parser.add_argument(
+        "dir", metavar="DIR", nargs="?", help="where to put it (default: <repo>-<sha> next to it)"
+    )
+    ns = parser.parse_args(args)
+    try:
+        run_dir = _resolve_run_dir(ns.run)
+        commit = _snapshot_commit(run_dir)
+        dest = checkout(find_project_root(run_dir), commit, ns.dir)
+    except XpkitError as e:
+        print(f"xp checkout: {e}", file=sys.stderr)
+        return 1
+    print(dest)
+    return 0
+
+
+def _resolve_run_dir(run: str) -> Path:
+    """The run directory named by ``run`` (for now: a directory holding a run.lock)."""
+    paths = RunPaths(Path(run).resolve())
+    if not paths.lock.is_file():
+        msg = f"{run}: not a run directory (no run.lock in it)"
+        raise RunNotFoundError(msg)
+    return paths.dir
+
+
+def _snapshot_commit(run_dir: Path) -> str:
+    lock = RunPaths(run_dir).lock
+    try:
+        data: Any = yaml.safe_load(lock.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        msg = f"{lock}: cannot read: {e}"
+        raise LockError(msg) from None
+    src = data.get("src") if isinstance(data, dict) else None
+    commit = src.get("commit") if isinstance(src, dict) else None
+    if not isinstance(commit, str):
+        why = src.get("error") if isinstance(src, dict) else None
+        msg = f"{lock}: the run has no code snapshot (src.commit){f': {why}' if why else ''}"
+        raise LockError(msg)
+    return commit
