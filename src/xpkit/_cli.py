@@ -18,7 +18,11 @@ from .errors import XpkitError
 __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pull": ("xpkit._store_cli:pull_command", "bring a run's lineage (runs + code) from a store"),
+    "push": ("xpkit._store_cli:push_command", "copy runs' whole lineage (runs + code) to a store"),
+    "store": ("xpkit._store_cli:store_command", "inspect a store: xp store ls"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
