@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ from xpkit.errors import StoreError, UnsafePathError
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, check=check, capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -387,3 +388,170 @@ def test_killed_push_is_completed_by_the_next_push(
     assert stored == {k: e["hash"] for k, e in manifest["files"].items() if "hash" in e}
     assert stored == tree(a / run.dir)
     assert [r.complete for r in list_store(store)] == [True]
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Any:
+    """A local S3-compatible server (moto) on a free port of 127.0.0.1; yields its endpoint."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; botocore (under s3fs) finds the server through AWS_ENDPOINT_URL."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"xpkit-{new_run_id()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/team/store"
+
+
+def test_s3_store_round_trip_of_a_hand_made_lineage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_store: str
+) -> None:
+    """Push to and pull from an s3:// URL; a second push sends nothing; ls reads it."""
+    a, origin = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    prep, train = lineage(a)
+    assert [r["state"] for r in push([train.id], store=s3_store).runs] == ["sent", "sent"]
+    assert [r["state"] for r in push([train.id], store=s3_store).runs] == ["unchanged"] * 2
+    assert [(r.id, r.complete) for r in list_store(s3_store)] == [(prep.id, True), (train.id, True)]
+    b = clone(origin, tmp_path / "B")
+    monkeypatch.chdir(b)
+    with pytest.raises(StoreError, match="filesystem"):
+        pull(train.id, store=s3_store, link=True)
+    pulled = pull(train.id, store=s3_store)
+    assert [r["state"] for r in pulled.runs] == ["copied", "copied"]
+    assert tree(b / train.dir) == tree(a / train.dir)
+    assert git(b, "rev-parse", "run_logs") == train.src["commit"]  # type: ignore[index]
+
+
+PREPARE = """\
+from dataclasses import dataclass
+from pathlib import Path
+
+import xpkit as xp
+
+
+@dataclass
+class Config:
+    n: int = 5
+
+
+@xp.stage
+def main(cfg: Config):
+    rows = "".join(f"{i * i}\\n" for i in range(cfg.n))
+    (Path(cfg.save_dir) / "rows.txt").write_text(rows)
+"""
+
+TRAIN = """\
+from dataclasses import dataclass
+from pathlib import Path
+
+import xpkit as xp
+
+
+@dataclass
+class Config:
+    prep: str = ""
+    scale: int = 2
+
+
+@xp.stage(upstream=["prep"])
+def main(cfg: Config):
+    rows = (Path(cfg.prep) / "rows.txt").read_text().split()
+    total = sum(int(r) * cfg.scale for r in rows)
+    (Path(cfg.save_dir) / "model.txt").write_text(f"{total}\\n")
+    return total
+"""
+
+
+def load_stage(path: Path) -> Any:
+    """Import a stage script by path (a fresh module each time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_{new_run_id()}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def _code_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record ``src`` on every run (a no-op once the source recorder is a default)."""
+    from xpkit import _stage
+    from xpkit._git import SourceRecorder
+
+    defaults = _stage.default_recorders
+
+    def with_src(plan: Any) -> Any:
+        recorders = defaults(plan)
+        if all(r.key != "src" for r in recorders):
+            recorders.append(SourceRecorder())
+        return recorders
+
+    monkeypatch.setattr(_stage, "default_recorders", with_src)
+
+
+@pytest.mark.usefixtures("_code_snapshots")
+@pytest.mark.parametrize("kind", ["directory", "s3"])
+def test_real_pipeline_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """prepare → train in A, pushed; pulled into a clone B: same dirs, same code, same output."""
+    from xpkit._git import checkout
+
+    store = str(tmp_path / "store") if kind == "directory" else request.getfixturevalue("s3_store")
+    a, origin = make_repo(tmp_path)
+    (a / "prepare.py").write_text(PREPARE)
+    (a / "train.py").write_text(TRAIN)
+    git(a, "add", "-A")
+    git(a, "commit", "-q", "-m", "stages")
+    git(a, "push", "-q", "origin", "main")
+    (a / "train.py").write_text(TRAIN.replace("scale: int = 2", "scale: int = 3  # edited"))
+    monkeypatch.chdir(a)
+    prepare, train = load_stage(a / "prepare.py"), load_stage(a / "train.py")
+    prepare()
+    prep_run = prepare.last
+    assert train(prep=prep_run.lock.dir) == 90
+    train_run = train.last
+    assert train_run.lock.upstream["prep"]["id"] == prep_run.id
+    commit = train_run.lock.src["commit"]
+
+    t0 = time.monotonic()
+    xp(a, "push", train_run.id[:8], "--store", store)
+    push_s = time.monotonic() - t0
+
+    b = clone(origin, tmp_path / "B")
+    monkeypatch.chdir(b)
+    assert not (b / "results").exists()
+    assert git(b, "cat-file", "-t", commit, check=False) != "commit"
+    t0 = time.monotonic()
+    xp(b, "pull", train_run.id[:8], "--store", store)
+    pull_s = time.monotonic() - t0
+    for run in (prep_run, train_run):
+        assert tree(b / run.lock.dir) == tree(run.dir)
+    worktree = checkout(b, commit, tmp_path / "train-code")
+    assert (worktree / "train.py").read_bytes() == (a / "train.py").read_bytes()
+
+    clear_settings_cache()
+    again = load_stage(worktree / "train.py")
+    assert again(prep=prep_run.lock.dir) == 90
+    new_model = again.last.dir / "model.txt"
+    assert new_model.parent.parent == b / "results" / "train"
+    assert hash_file(new_model) == hash_file(train_run.dir / "model.txt")
+    print(f"{kind}: push {push_s:.2f} s, pull {pull_s:.2f} s (2 runs)")
