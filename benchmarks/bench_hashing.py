@@ -1,0 +1,311 @@
+"""Benchmark xpkit's data hashing against dirhash, xxhsum and (when installed) DVC.
+
+Two workloads, page cache warm: a tree of many small files (1-8 KiB, 100,000 by default)
+and one big file (2 GiB by default). Each tool runs ``--repeat`` times; the table shows the
+median and the best time, and each time as a multiple of xpkit's cold time.
+
+    python benchmarks/bench_hashing.py                       # 100k files, 2 GiB
+    python benchmarks/bench_hashing.py --files 20000 --big-gib 0.5 --dir /tmp/bench
+
+"cold" means an empty hash cache (never-seen files); "nothing changed" a second run with
+the cache of the first. The generated data is kept in ``--dir`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from xpkit._hashing import hash_path, jobs_of
+from xpkit._hashworker import digest_file
+
+_LINE = "{:<16} {:<42} {:>9} {:>8} {:>14} {:>12}"
+
+
+@dataclass
+class Row:
+    """One measured tool on one workload."""
+
+    workload: str
+    tool: str
+    times_s: list[float]
+    size: float  # files or bytes, for the throughput column
+    unit: str
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+
+def main() -> None:
+    """Generate the data if needed, measure every tool, print the table and the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "xpkit-bench")
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--big-gib", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    small = _small_tree(args.dir / f"small-{args.files}", args.files)
+    big = _big_file(args.dir / f"big-{args.big_gib:g}GiB", args.big_gib)
+    print(f"{os.cpu_count()} CPUs, {jobs_of(None)} usable; python {sys.version.split()[0]}")
+    rows = _bench_tree(small, args.files, args.repeat) + _bench_big(big, args.repeat)
+    _print_table(rows)
+    _print_targets(rows)
+
+
+def _small_tree(root: Path, n: int) -> Path:
+    """``n`` files of 1-8 KiB of random bytes, 1000 per directory (made once)."""
+    done = root / ".complete"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(0)
+    print(f"generating {n} files in {root} ...", flush=True)
+    for i in range(n):
+        d = root / f"d{i // 1000:04d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:07d}.bin").write_bytes(rng.randbytes(rng.randint(1024, 8192)))
+    _age(root)
+    done.touch()
+    return root
+
+
+def _big_file(directory: Path, gib: float) -> Path:
+    """One file of ``gib`` GiB of random bytes, alone in ``directory`` (made once)."""
+    path = directory / "big.bin"
+    size = int(gib * (1 << 30))
+    if path.exists() and path.stat().st_size == size:
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"generating {path} ...", flush=True)
+    block = os.urandom(64 << 20)
+    with path.open("wb") as f:
+        for start in range(0, size, len(block)):
+            f.write(block[: size - start])
+    _age(directory)
+    return path
+
+
+def _age(root: Path) -> None:
+    """Date the files a minute back: the cache does not trust files modified just now."""
+    past = time.time_ns() - 60 * 10**9
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            os.utime(Path(dirpath, name), ns=(past, past))
+
+
+def _timed(
+    fn: Callable[[], object], repeat: int, before: Callable[[], None] | None = None
+) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _bench_tree(root: Path, n: int, repeat: int) -> list[Row]:
+    """Every tool on the tree of small files."""
+    work = f"{n} files"
+    cache = root.parent / "bench-cache.sqlite"
+    _warm(root)
+
+    def fresh_cache() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{cache}{suffix}").unlink(missing_ok=True)
+
+    def row(tool: str, fn: Callable[[], object], before: Callable[[], None] | None = None) -> Row:
+        return Row(work, tool, _timed(fn, repeat, before), n, "files")
+
+    rows = [
+        row("xpkit cold (empty cache)", lambda: hash_path(root, cache=cache), fresh_cache),
+        row(
+            "xpkit cold, jobs=1 (one process)",
+            lambda: hash_path(root, cache=cache, jobs=1),
+            fresh_cache,
+        ),
+        row("xpkit nothing changed", lambda: hash_path(root, cache=cache)),
+        row("python threads x2, no cache (reference)", lambda: _threads(root)),
+    ]
+    rows += _dirhash_rows(root, work, n, repeat, "md5")
+    rows += _cli_rows(root, work, n, repeat)
+    return rows
+
+
+def _bench_big(path: Path, repeat: int) -> list[Row]:
+    """Every tool on the big file."""
+    size = path.stat().st_size
+    work = f"{size / (1 << 30):g} GiB file"
+    cache = path.parent.parent / "bench-cache-big.sqlite"
+    _warm(path.parent)
+    hash_path(path, cache=cache)
+    rows = [
+        Row(
+            work,
+            "xpkit cold (no cache)",
+            _timed(lambda: hash_path(path, cache=False), repeat),
+            size,
+            "B",
+        ),
+        Row(
+            work,
+            "xpkit nothing changed",
+            _timed(lambda: hash_path(path, cache=cache), repeat),
+            size,
+            "B",
+        ),
+    ]
+    rows += _dirhash_rows(path.parent, work, size, repeat, None)
+    rows += _cli_rows(path.parent, work, size, repeat, unit="B")
+    return rows
+
+
+def _warm(root: Path) -> None:
+    """Read everything once, so that every tool finds the page cache warm."""
+    hash_path(root, cache=False)
+
+
+def _threads(root: Path) -> None:
+    """Read and hash every file with two Python threads (what xpkit does not do)."""
+    paths = [os.path.join(d, n) for d, _, names in os.walk(root) for n in names]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(digest_file, paths, chunksize=256))
+
+
+def _dirhash_rows(root: Path, work: str, size: float, repeat: int, extra: str | None) -> list[Row]:
+    try:
+        from dirhash import dirhash
+    except ImportError:
+        print("dirhash not installed: skipped")
+        return []
+    unit = "files" if "files" in work else "B"
+    jobs = jobs_of(None)
+    rows = [
+        Row(
+            work,
+            f"dirhash xxh3_128 (jobs={jobs})",
+            _timed(lambda: dirhash(root, xxhash.xxh3_128, jobs=jobs), repeat),
+            size,
+            unit,
+        )
+    ]
+    if extra:
+        rows.append(
+            Row(
+                work,
+                f"dirhash {extra} (jobs={jobs})",
+                _timed(lambda: dirhash(root, extra, jobs=jobs), repeat),
+                size,
+                unit,
+            )
+        )
+    return rows  # fmt: skip
+
+
+def _cli_rows(root: Path, work: str, size: float, repeat: int, unit: str = "files") -> list[Row]:
+    rows = []
+    if shutil.which("xxhsum"):
+        cmd = f"find {root} -type f -print0 | xargs -0 xxhsum -H2 > /dev/null"
+        rows.append(
+            Row(
+                work,
+                "xxhsum -H2 (per file, no tree hash)",
+                _timed(lambda: subprocess.run(cmd, shell=True, check=True), repeat),
+                size,
+                unit,
+            )
+        )
+    else:
+        print("xxhsum not found (apt-get install xxhash): skipped")
+    if shutil.which("dvc"):
+        rows += _dvc_rows(root, work, size, repeat, unit)
+    else:
+        print("dvc not installed: skipped")
+    return rows  # fmt: skip
+
+
+def _dvc_rows(root: Path, work: str, size: float, repeat: int, unit: str) -> list[Row]:
+    """``dvc add --no-commit`` (cold) and ``dvc status`` (nothing changed) in a scratch repo."""
+    repo = Path(tempfile.mkdtemp(prefix="xpkit-bench-dvc-"))
+    try:
+        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+        data = repo / "data"
+        data.symlink_to(root)
+        add = ["dvc", "add", "--no-commit", "-q", "data"]
+        site = repo / ".dvc" / "tmp"
+
+        def reset() -> None:
+            shutil.rmtree(site, ignore_errors=True)
+
+        cold = _timed(lambda: subprocess.run(add, cwd=repo, check=True), repeat, reset)
+        status = _timed(lambda: subprocess.run(["dvc", "status", "-q"], cwd=repo), repeat)
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    return [
+        Row(work, "dvc add --no-commit (cold)", cold, size, unit),
+        Row(work, "dvc status (nothing changed)", status, size, unit),
+    ]
+
+
+def _print_table(rows: list[Row]) -> None:
+    print()
+    head = ("workload", "tool", "median s", "best s", "throughput", "x xpkit cold")
+    print(_LINE.format(*head))
+    base: dict[str, float] = {}
+    for row in rows:
+        if row.tool.startswith("xpkit cold") and row.workload not in base:
+            base[row.workload] = row.median_s
+        rate = row.size / row.median_s
+        shown = f"{rate / 1e9:.1f} GB/s" if row.unit == "B" else f"{rate / 1e3:.0f}k files/s"
+        ratio = row.median_s / base[row.workload]
+        times = (f"{row.median_s:.3f}", f"{min(row.times_s):.3f}")
+        print(_LINE.format(row.workload, row.tool, *times, shown, f"{ratio:.2f}x"))
+
+
+def _print_targets(rows: list[Row]) -> None:
+    by = {(r.workload.split()[1], r.tool): r for r in rows}
+    checks = []
+    tree = {t: r for (w, t), r in by.items() if w == "files"}
+    big = {t: r for (w, t), r in by.items() if w == "GiB"}
+    cold = tree.get("xpkit cold (empty cache)")
+    if cold is not None:
+        checks.append(("tree cold <= 1.0 s", cold.median_s <= 1.0, f"{cold.median_s:.3f} s"))
+        dh = next((r for t, r in tree.items() if t.startswith("dirhash xxh3")), None)
+        if dh is not None:
+            ratio = dh.median_s / cold.median_s
+            checks.append(("tree cold >= 3x faster than dirhash", ratio >= 3, f"{ratio:.1f}x"))
+    same = tree.get("xpkit nothing changed")
+    if same is not None:
+        checks.append(
+            ("tree nothing changed <= 0.6 s", same.median_s <= 0.6, f"{same.median_s:.3f} s")
+        )
+    cold_big = big.get("xpkit cold (no cache)")
+    if cold_big is not None:
+        rate = cold_big.size / cold_big.median_s / 1e9
+        checks.append(("big file >= 10 GB/s", rate >= 10, f"{rate:.1f} GB/s"))
+    print()
+    for name, ok, value in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name:<40} {value}")
+
+
+if __name__ == "__main__":
+    main()
