@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,13 +41,18 @@ def xp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
-@pytest.fixture(autouse=True)
-def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def isolate(mp: pytest.MonkeyPatch) -> None:
+    """A git identity for commits, no forced project root, no cached settings."""
     for kind in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{kind}_NAME", "Test")
-        monkeypatch.setenv(f"GIT_{kind}_EMAIL", "test@example.com")
-    monkeypatch.delenv("XPKIT_ROOT", raising=False)
+        mp.setenv(f"GIT_{kind}_NAME", "Test")
+        mp.setenv(f"GIT_{kind}_EMAIL", "test@example.com")
+    mp.delenv("XPKIT_ROOT", raising=False)
     clear_settings_cache()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate(monkeypatch)
 
 
 def make_repo(tmp_path: Path) -> tuple[Path, Path]:
@@ -241,6 +248,19 @@ def test_push_refuses_a_symlink_pointing_out_of_the_run(
     assert not (tmp_path / "store2").exists()
 
 
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A lineage pushed from A to a store, and a clone B of A's origin (made once)."""
+    tmp = tmp_path_factory.mktemp("pushed")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp)
+        a, origin = make_repo(tmp)
+        mp.chdir(a)
+        prep, train = lineage(a)
+        push([train.id], store=tmp / "store")
+    return prep, train, clone(origin, tmp / "B"), tmp / "store"
+
+
 def tamper(store: Path, run_id: str, change: Any) -> None:
     """Rewrite a stored run's manifest (and its COMPLETE marker, so that it looks whole)."""
     path = store / "runs" / run_id / "manifest.json"
@@ -312,28 +332,26 @@ def _lock_dir(value: str) -> Any:
     ],
 )
 def test_pull_refuses_entries_that_write_outside_the_project(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pushed: Any, change: Any
 ) -> None:
     """A malicious store entry or run.lock is refused with UnsafePathError; nothing is written."""
-    a, origin = make_repo(tmp_path)
-    monkeypatch.chdir(a)
-    prep, train = lineage(a)
+    prep, train, b, template = pushed
     store = tmp_path / "store"
-    push([train.id], store=store)
+    shutil.copytree(template, store)
     which, change = change if isinstance(change, tuple) else ("prep", change)
     tamper(store, (prep if which == "prep" else train).id, change)
-    b = clone(origin, tmp_path / "B")
     monkeypatch.chdir(b)
     refs_before = git(b, "for-each-ref")
-    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    before = sorted(p.relative_to(b.parent).as_posix() for p in b.parent.rglob("*"))
     with pytest.raises(UnsafePathError, match=r"unsafe|says"):
         pull(train.id, store=store)
-    after = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    after = sorted(p.relative_to(b.parent).as_posix() for p in b.parent.rglob("*"))
     assert after == before
     assert git(b, "for-each-ref") == refs_before
-    proc = xp(b, "pull", train.id, "--store", str(store), check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1
+    if which == "train":  # the command line says it in one line too
+        proc = xp(b, "pull", train.id, "--store", str(store), check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1
 
 
 def test_pull_refuses_a_file_that_fails_its_hash(
@@ -398,6 +416,7 @@ def s3_server() -> Any:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -427,7 +446,7 @@ def test_s3_store_round_trip_of_a_hand_made_lineage(
     prep, train = lineage(a)
     assert [r["state"] for r in push([train.id], store=s3_store).runs] == ["sent", "sent"]
     assert [r["state"] for r in push([train.id], store=s3_store).runs] == ["unchanged"] * 2
-    assert [(r.id, r.complete) for r in list_store(s3_store)] == [(prep.id, True), (train.id, True)]
+    assert {r.id: r.complete for r in list_store(s3_store)} == {prep.id: True, train.id: True}
     b = clone(origin, tmp_path / "B")
     monkeypatch.chdir(b)
     with pytest.raises(StoreError, match="filesystem"):

@@ -48,6 +48,7 @@ from ._settings import Settings, load_settings
 from ._storage import Store, open_store, safe_relpath
 from .errors import (
     AmbiguousRunError,
+    DataError,
     LockError,
     RunNotFoundError,
     StoreError,
@@ -361,27 +362,36 @@ def _scan(run: _LocalRun) -> dict[str, Entry]:
     """Every entry of a run directory: files hashed, links checked, empty dirs kept."""
     assert run.path is not None
     top = run.path.resolve()
-    entries: dict[str, Entry] = {}
     what = f"run directory {run.dir}"
-    for dirpath, dirnames, filenames in os.walk(top):
-        base = Path(dirpath)
-        rel_base = base.relative_to(top).as_posix()
-        prefix = "" if rel_base == "." else f"{rel_base}/"
-        if not dirnames and not filenames and prefix:
-            entries[rel_base] = {"dir": True}
-        for name in [*dirnames, *filenames]:
-            path, rel = base / name, f"{prefix}{name}"
-            safe_relpath(rel, what=what)
-            if path.is_symlink():
-                target = os.readlink(path)
-                entries[rel] = {"link": _link_target(rel, target, what=what, top=top)}
-            elif path.is_file():
-                entries[rel] = {"size": path.stat().st_size, "hash": hash_file(path)}
-        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    entries = _scan_dir(top)
+    for rel, entry in entries.items():
+        safe_relpath(rel, what=what)
+        if "link" in entry:
+            entry["link"] = _link_target(rel, entry["link"], what=what, top=top)
     if "run.lock" not in entries:
         msg = f"{what} has no run.lock"
         raise StoreError(msg)
+    files = [rel for rel, e in entries.items() if "size" in e]
+    links = any("link" in e for e in entries.values())
+    digests = _digests(top, files, links=links)
+    for rel in files:
+        entries[rel]["hash"] = digests[rel]
     return dict(sorted(entries.items()))
+
+
+def _digests(top: Path, files: Sequence[str], *, links: bool) -> Mapping[str, str]:
+    """File hashes through the shared hash cache (unchanged files are not read again).
+
+    The cached walk follows links, so a directory holding links is hashed file by file.
+    """
+    if not links:
+        from ._hashing import hash_path
+
+        with contextlib.suppress(DataError):
+            manifest = hash_path(top).manifest or {}
+            if all(rel in manifest for rel in files):
+                return manifest
+    return {rel: hash_file(top / rel) for rel in files}
 
 
 def _manifest(run: _LocalRun, entries: Mapping[str, Entry], code: Any) -> bytes:
