@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._context import current, get_logger, log_metrics, track_data, use_run
 from ._run import Run
+from ._runs import Runs, runs
 from ._script import run
 from ._stage import Stage, stage
 from .errors import XpkitError
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Run",
+    "Runs",
     "Stage",
     "XpkitError",
     "__version__",
@@ -28,6 +30,7 @@ __all__ = [
     "get_logger",
     "log_metrics",
     "run",
+    "runs",
     "stage",
     "track_data",
     "use_run",

@@ -6,6 +6,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     XpkitError
     ├── ConfigError (ValueError)          bad config key, value, file or experiment
     ├── SettingsError (ValueError)        bad [tool.xpkit] table in pyproject.toml
+    ├── ExpressionError (ValueError)      bad ``xp ls --where`` expression
     ├── LockError (ValueError)            unreadable or invalid run.lock
     │   └── LockVersionError              run.lock written by a newer xpkit
     ├── RunNotFoundError (LookupError)    no run matches a directory or id prefix
@@ -25,6 +26,7 @@ __all__ = [
     "AmbiguousRunError",
     "ConfigError",
     "DataError",
+    "ExpressionError",
     "GitError",
     "LockError",
     "LockVersionError",
@@ -50,6 +52,10 @@ class ConfigError(XpkitError, ValueError):
 
 class SettingsError(XpkitError, ValueError):
     """The ``[tool.xpkit]`` table of ``pyproject.toml`` is invalid."""
+
+
+class ExpressionError(XpkitError, ValueError):
+    """An ``xp ls --where`` expression cannot be parsed."""
 
 
 class LockError(XpkitError, ValueError):

@@ -1,0 +1,276 @@
+"""The Python API of browsing: ``xp.runs`` collections, ``Run`` accessors, ``resolve_run``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+import xpkit as xp
+from xpkit._lock import dump_yaml
+from xpkit._runindex import read_head
+from xpkit._runs import resolve_run
+from xpkit._settings import clear_settings_cache
+from xpkit.errors import AmbiguousRunError, ExpressionError, RunNotFoundError
+
+PIPELINE = """
+from dataclasses import dataclass
+from pathlib import Path
+
+import xpkit as xp
+
+
+@dataclass
+class PrepareConfig:
+    n: int = 10
+    fail: bool = False
+
+
+@xp.stage(name="prepare")
+def prepare(cfg: PrepareConfig):
+    if cfg.fail:
+        raise ValueError("prepare failed on purpose")
+    (Path(cfg.save_dir) / "rows.txt").write_text("\\n".join(map(str, range(cfg.n))))
+    xp.log_metrics({"rows": cfg.n})
+
+
+@dataclass
+class TrainConfig:
+    prepared: str = "results/prepare/latest"
+    lr: float = 0.01
+    epochs: int = 3
+
+
+@xp.stage(name="train", upstream=["prepared"])
+def train(cfg: TrainConfig):
+    rows = (Path(cfg.prepared) / "rows.txt").read_text().split()
+    acc = min(1.0, 0.4 + 2 * cfg.lr)
+    for epoch in range(cfg.epochs):
+        xp.log_metrics({"loss": 1.0 / (epoch + 1), "acc": acc}, step=epoch)
+    (Path(cfg.save_dir) / "model.txt").write_text(f"{cfg.lr} {len(rows)}")
+    return acc
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = "results/train/latest"
+
+
+@xp.stage(name="evaluate", upstream=["model"])
+def evaluate(cfg: EvaluateConfig):
+    lr = float((Path(cfg.model) / "model.txt").read_text().split()[0])
+    xp.log_metrics({"score": lr * 10})
+"""
+
+LRS = (0.001, 0.01, 0.1, 0.3)
+
+
+def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A git repo in tmp_path with the pipeline module imported from it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XPKIT_ROOT", raising=False)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "pipeline.py").write_text(textwrap.dedent(PIPELINE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
+    clear_settings_cache()
+    return importlib.import_module("pipeline")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """prepare -> a sweep of train runs -> evaluate."""
+    module = _project(tmp_path, monkeypatch)
+    module.prepare()
+    for lr in LRS:
+        module.train(lr=lr)
+    module.evaluate()
+    yield module
+    clear_settings_cache()
+
+
+def _rewrite_lock(run: xp.Run, **changes: object) -> None:
+    data = yaml.safe_load(run.paths.lock.read_text())
+    data.update(changes)
+    run.paths.lock.write_text(dump_yaml(data))
+    run.reload()
+
+
+def test_runs_lists_every_run_once_newest_first(pipeline: ModuleType) -> None:
+    """Every run under results/ is listed once (latest links ignored), newest first."""
+    found = xp.runs()
+    assert [r.stage for r in found] == ["evaluate", *["train"] * len(LRS), "prepare"]
+    assert len({r.dir for r in found}) == len(found)
+    started = [r.started for r in found]
+    assert started == sorted(started, reverse=True)
+    assert not found.skipped
+
+
+def test_where_compares_numbers_as_numbers(pipeline: ModuleType) -> None:
+    """``where`` expressions compare numbers numerically and combine with and/or."""
+    found = xp.runs(where="config.lr > 0.01 and metrics.acc >= 0.5")
+    assert sorted(r.config.lr for r in found) == [0.1, 0.3]
+    # "10" < "9" as text: only a numeric comparison keeps the prepare run
+    assert [r.stage for r in xp.runs(where="metrics.rows >= 9")] == ["prepare"]
+    either = xp.runs(where="stage == evaluate or (stage == 'train' and not config.lr > 0.001)")
+    assert sorted(r.stage for r in either) == ["evaluate", "train"]
+
+
+def test_where_rejects_a_bad_expression_with_its_column(pipeline: ModuleType) -> None:
+    """A malformed expression is one ExpressionError pointing at the column."""
+    with pytest.raises(ExpressionError, match=r"column 12: expected a field .* found the end"):
+        xp.runs(where="config.lr >")
+    with pytest.raises(ExpressionError, match=r"column 1: one side must be a field"):
+        xp.runs(where="lr > 0.1")
+
+
+def test_sort_and_limit(pipeline: ModuleType) -> None:
+    """Sorting by a field (descending with '-') puts runs without it last; limit cuts."""
+    best = xp.runs(sort="-metrics.acc", limit=2)
+    assert [r.config.lr for r in best] == [0.3, 0.1]
+    by_lr = xp.runs(sort="config.lr")
+    assert [r.config.lr for r in by_lr[: len(LRS)]] == list(LRS)
+    assert {r.stage for r in list(by_lr)[len(LRS) :]} == {"prepare", "evaluate"}
+    with pytest.raises(ExpressionError, match="bad sort key 'lr'"):
+        xp.runs(sort="lr")
+
+
+def test_to_pandas_has_typed_columns(pipeline: ModuleType) -> None:
+    """The DataFrame has flattened config/metrics columns with numeric dtypes."""
+    import pandas as pd
+
+    frame = xp.runs("results/train").to_pandas()
+    assert len(frame) == len(LRS)
+    assert list(frame.columns[:7]) == [
+        "id",
+        "stage",
+        "dir",
+        "status",
+        "started",
+        "duration_s",
+        "commit",
+    ]
+    assert pd.api.types.is_float_dtype(frame["config.lr"])
+    assert pd.api.types.is_integer_dtype(frame["config.epochs"])
+    assert pd.api.types.is_float_dtype(frame["metrics.acc"])
+    assert pd.api.types.is_datetime64_any_dtype(frame["started"])
+    assert sorted(frame["config.lr"]) == list(LRS)
+    everything = xp.runs().to_pandas()
+    assert str(everything["config.epochs"].dtype) == "Int64"  # ints with gaps stay ints
+
+
+def test_run_accessors(pipeline: ModuleType) -> None:
+    """A Run gives its start, duration, upstream runs, data paths and files."""
+    train = pipeline.train.last
+    run = xp.Run(train.dir)
+    assert run.started is not None
+    assert run.started.tzinfo is not None
+    assert run.duration_s is not None
+    assert run.duration_s >= 0
+    assert run.root == Path.cwd().resolve()
+    upstream = run.upstream["prepared"]
+    assert upstream.stage == "prepare"
+    assert upstream.status == "completed"
+    assert run.paths.lock in run.files()
+    assert run.dir / "model.txt" in run.files()
+    data = {"raw": {"path": "data/raw", "hash": "xxh3_128:00", "files": 1, "bytes": 3}}
+    _rewrite_lock(run, data=data)
+    assert run.data == {"raw": run.root / "data" / "raw"}
+
+
+def test_running_run_of_a_dead_process_reads_interrupted(pipeline: ModuleType) -> None:
+    """A lock still 'running' whose process is gone (this host) reads as interrupted."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    run = pipeline.train.last
+    _rewrite_lock(run, status="running", pid=int(gone.stdout), host=socket.gethostname())
+    assert run.lock.status == "running"
+    assert run.status == "interrupted"
+    _rewrite_lock(run, status="running", pid=os.getpid())
+    assert run.status == "running"
+    _rewrite_lock(run, status="running", pid=int(gone.stdout), host="another-host")
+    assert run.status == "running"
+
+
+def test_resolve_run_by_dir_link_prefix_and_stage(pipeline: ModuleType) -> None:
+    """RUN is a directory, a latest link (resolved), an id prefix or a stage name."""
+    last = pipeline.train.last
+    assert resolve_run(last.dir).id == last.id
+    linked = resolve_run("results/train/latest")
+    assert linked.dir == last.dir
+    assert linked.dir.name != "latest"
+    assert resolve_run(last.id[:6]).dir == last.dir
+    assert resolve_run(last.paths.lock).dir == last.dir
+    assert resolve_run("evaluate").stage == "evaluate"
+
+
+def test_resolve_run_ambiguous_and_unknown(pipeline: ModuleType) -> None:
+    """An ambiguous prefix lists the candidates; an unknown one is a clear error."""
+    a, b = list(xp.runs("results/train"))[:2]
+    _rewrite_lock(b, id=a.id[:4] + "ffffffff")
+    with pytest.raises(AmbiguousRunError, match=rf"{a.id[:4]}.*matches 2 runs: .*{a.id}"):
+        resolve_run(a.id[:4])
+    with pytest.raises(RunNotFoundError, match="no run matches 'zzzz'"):
+        resolve_run("zzzz")
+    with pytest.raises(RunNotFoundError, match="not a run directory"):
+        resolve_run("results")
+
+
+def test_bad_locks_are_skipped_and_described(pipeline: ModuleType) -> None:
+    """Corrupt, truncated, foreign and newer-schema locks are skipped with a message each."""
+    good = pipeline.train.last.paths.lock.read_text()
+    cases = {
+        "corrupt": "xpkit: 1\nid: [unclosed\n  : :\n",
+        # cut short by a broken copy: inside a quoted value, and before a required key
+        "truncated": good[: good.index("started:") + 15],
+        "truncated-head": good[: good.index("status:")],
+        "foreign": "name: something else\nversion: 3\n",
+        "newer": good.replace("xpkit: 1", "xpkit: 99", 1),
+    }
+    for name, text in cases.items():
+        run_dir = Path("results/broken") / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.lock").write_text(text)
+    found = xp.runs()
+    assert len(found) == 1 + len(LRS) + 1
+    assert len(found.skipped) == len(cases)
+    joined = "\n".join(found.skipped)
+    assert "schema 99 is newer than this xpkit" in joined
+    assert "not a run.lock" in joined
+    assert "invalid YAML" in joined
+    assert "'status' is missing" in joined
+    assert all("\n" not in message for message in found.skipped)
+
+
+def test_index_cache_notices_rewritten_locks(pipeline: ModuleType) -> None:
+    """A listing after a lock changed shows the new values (the cache is stat-keyed)."""
+    assert {r.status for r in xp.runs("results/train")} == {"completed"}
+    assert Path("results/.xpkit/runs.json").is_file()
+    run = pipeline.train.last
+    _rewrite_lock(run, status="failed", metrics={"acc": 0.0})
+    again = {r.id: r for r in xp.runs("results/train")}
+    assert again[run.id].status == "failed"
+    assert again[run.id].metrics == {"acc": 0.0}
+
+
+def test_read_head_reads_a_hand_written_lock(tmp_path: Path) -> None:
+    """A flow-style or commented lock is still read (by the full-parse fallback)."""
+    lock = tmp_path / "run.lock"
+    lock.write_text(
+        "# written by hand\n{xpkit: 1, id: abc, stage: s, dir: d, status: completed, "
+        "config: {a: 1}, env: {packages: {x: '1'}}}\n"
+    )
+    head = read_head(lock)
+    assert (head.id, dict(head.config), head.env) == ("abc", {"a": 1}, None)
