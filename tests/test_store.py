@@ -128,9 +128,14 @@ def test_pull_brings_lineage_and_code_into_a_fresh_clone(
     a, origin = make_repo(tmp_path)
     monkeypatch.chdir(a)
     prep, train = lineage(a)
-    report = push([train.id], store=tmp_path / "store")
+    report = push([train.id], store=tmp_path / "store", git_remote="origin")
     assert [r["id"] for r in report.runs] == [prep.id, train.id]
     assert len(report.bundles) == 1
+    remote_refs = git(a, "ls-remote", "origin", "refs/xpkit/runs/*")
+    assert {line.split()[1] for line in remote_refs.splitlines()} == {
+        f"refs/xpkit/runs/{prep.id}",
+        f"refs/xpkit/runs/{train.id}",
+    }
 
     b = clone(origin, tmp_path / "B")
     monkeypatch.chdir(b)
@@ -179,6 +184,22 @@ def test_push_sends_only_what_the_store_lacks(
     assert len(fourth.bundles) == 1
     meta = json.loads((store / "code" / f"{fourth.bundles[0]}.json").read_text())
     assert meta["prerequisites"], "the new bundle builds on the first one"
+
+
+def test_push_finds_a_moved_upstream_run_by_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream run moved away from its recorded dir is found by id and stored as recorded."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    prep, train = lineage(a)
+    (a / prep.dir).rename(a / "results" / "prepare" / "moved")
+    push([train.id], store=tmp_path / "store")
+    manifest = json.loads((tmp_path / "store" / "runs" / prep.id / "manifest.json").read_text())
+    assert manifest["dir"] == prep.dir
+    shutil.rmtree(a / "results" / "prepare")
+    with pytest.raises(StoreError, match=prep.id):
+        push([train.id], store=tmp_path / "other")
 
 
 def test_store_ls_lists_what_a_store_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ import yaml
 from ._bundles import CodeReport, has_git, pull_code, push_code
 from ._lock import RunLock, load_lock
 from ._run import Run
+from ._runs import resolve_run
 from ._settings import Settings, load_settings
 from ._storage import Store, open_store, safe_relpath
 from .errors import (
@@ -258,7 +259,7 @@ def push(
     t0 = time.monotonic()
     settings = load_settings()
     st = open_store(store, settings)
-    lineage = _lineage([_resolve_local(r, settings) for r in runs], settings, st)
+    lineage = _lineage([resolve_run(r, settings=settings) for r in runs], settings, st)
     scans = {r.id: _scan(r) for r in lineage if r.path is not None}
     commits = {r.id: r.commit for r in lineage if r.path is not None and r.commit is not None}
     report = PushReport()
@@ -278,32 +279,6 @@ def push(
 
 def _row(run: _LocalRun, state: str, **counts: int) -> dict[str, Any]:
     return {"id": run.id, "stage": run.lock.get("stage"), "dir": run.dir, "state": state, **counts}
-
-
-def _resolve_local(spec: str | os.PathLike[str] | Run, settings: Settings) -> Run:
-    """A run directory, ``latest`` link, ``Run``, or a unique id prefix of a local run."""
-    if isinstance(spec, Run):
-        return spec
-    path = settings.resolve(spec) if not os.path.exists(spec) else Path(spec)
-    if (path / "run.lock").is_file():
-        return Run(path)
-    matches = [p for p, run_id in _local_runs(settings) if run_id.startswith(os.fspath(spec))]
-    if len(matches) == 1:
-        return Run(matches[0])
-    if matches:
-        msg = f"run id prefix {os.fspath(spec)!r} matches {len(matches)} runs; give more digits"
-        raise AmbiguousRunError(msg)
-    msg = f"no run directory or run id prefix {os.fspath(spec)!r} under {settings.results_path}"
-    raise RunNotFoundError(msg)
-
-
-def _local_runs(settings: Settings) -> Iterator[tuple[Path, str]]:
-    """(run dir, id) of every run below the results directory (symlinks not followed)."""
-    for dirpath, dirnames, filenames in os.walk(settings.results_path):
-        if "run.lock" in filenames:
-            with contextlib.suppress(LockError):
-                yield Path(dirpath), load_lock(Path(dirpath) / "run.lock").id
-        dirnames[:] = [d for d in dirnames if d not in ("tasks", ".xpkit")]
 
 
 def _lineage(roots: Sequence[Run], settings: Settings, st: Store) -> list[_LocalRun]:
@@ -350,7 +325,11 @@ def _locate(run_id: str, rel: str, settings: Settings) -> Path | None:
     with contextlib.suppress(LockError):
         if load_lock(path / "run.lock").id == run_id:
             return path
-    return next((p for p, i in _local_runs(settings) if i == run_id), None)
+    try:
+        run = resolve_run(run_id, settings=settings)
+    except RunNotFoundError:
+        return None
+    return run.dir if run.id == run_id else None
 
 
 def _complete(st: Store, run_id: str) -> bool:
