@@ -375,6 +375,24 @@ def test_pull_refuses_entries_that_write_outside_the_project(
         assert proc.stderr.count("\n") == 1
 
 
+def test_pull_refuses_a_commit_that_is_not_a_sha(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pushed: Any
+) -> None:
+    """A manifest whose code commit is not a full sha (an option for git, say) is refused."""
+    _, train, b, template = pushed
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+
+    def change(manifest: dict[str, Any], run_dir: Path) -> None:
+        manifest["code"]["commit"] = "--upload-pack=touch pwned"
+
+    tamper(store, train.id, change)
+    monkeypatch.chdir(b)
+    with pytest.raises(StoreError, match="not valid"):
+        pull(train.id, store=store)
+    assert not (b / "results").exists()
+
+
 def test_pull_refuses_a_file_that_fails_its_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -29,9 +30,10 @@ from pathlib import Path
 from ._storage import Store
 from .errors import GitError, StoreError
 
-__all__ = ["CodeReport", "has_git", "pull_code", "push_code", "run_ref"]
+__all__ = ["COMMIT", "CodeReport", "has_git", "pull_code", "push_code", "run_ref"]
 
 _CODE = "code"
+COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full sha-1 or sha-256 object name
 
 
 def run_ref(run_id: str) -> str:
@@ -71,6 +73,15 @@ def _git(root: Path, *args: str, ok: Iterable[int] = (0,)) -> subprocess.Complet
     return proc
 
 
+def _git_input(root: Path, stdin: str, *args: str) -> None:
+    proc = subprocess.run(
+        ["git", *args], cwd=root, input=stdin, capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        msg = f"git {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}"
+        raise GitError(msg)
+
+
 def has_git(root: Path) -> bool:
     """Whether ``root`` is inside a git work tree."""
     try:
@@ -97,9 +108,12 @@ def _bundles(store: Store) -> list[_Bundle]:
         data = store.read_bytes(f"{_CODE}/{key}")
         try:
             meta = json.loads(data or b"")
-            out.append(_Bundle(key[:-5], dict(meta["refs"]), tuple(meta["prerequisites"])))
+            bundle = _Bundle(key[:-5], dict(meta["refs"]), tuple(meta["prerequisites"]))
         except (ValueError, KeyError, TypeError):
-            continue  # not ours, or torn: ignored
+            continue  # not ours: ignored
+        shas = [*bundle.refs.values(), *bundle.prerequisites]
+        if all(isinstance(c, str) and COMMIT.fullmatch(c) for c in shas):
+            out.append(bundle)
     return out
 
 
@@ -191,13 +205,16 @@ def pull_code(root: Path, store: Store, commits: Mapping[str, str], *, branch: s
     report = CodeReport(fetched=[], branch_updated=None, missing=[])
     with tempfile.TemporaryDirectory(prefix="xpkit-pull-") as tmp:
         fetcher = _Fetcher(root, store, bundles, Path(tmp), report)
-        for commit in commits.values():
-            fetcher.ensure(commit)
-    for run_id, commit in commits.items():
-        if _has_commit(root, commit):
-            _git(root, "update-ref", run_ref(run_id), commit)
-        else:
-            report.missing.append(commit)
+        try:
+            for commit in commits.values():
+                fetcher.ensure(commit)
+            for run_id, commit in commits.items():
+                if _has_commit(root, commit):
+                    _git(root, "update-ref", run_ref(run_id), commit)
+                else:
+                    report.missing.append(commit)
+        finally:
+            fetcher.close()
     report.branch_updated = _advance_branch(
         root, branch, [c for c in commits.values() if c not in report.missing]
     )
@@ -218,6 +235,7 @@ class _Fetcher:
             report,
         )
         self.done: set[str] = set()
+        self.namespace = f"refs/xpkit/fetch-{secrets.token_hex(4)}"
 
     def ensure(self, commit: str, *, before: int | None = None) -> None:
         if _has_commit(self.root, commit):
@@ -239,9 +257,17 @@ class _Fetcher:
             self.ensure(prerequisite, before=index)
         path = self.tmp / f"{bundle.name}.bundle"
         self.store.get_file(f"{_CODE}/{bundle.name}.bundle", path)
-        _git(self.root, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path),
-             "+refs/xpkit/runs/*:refs/xpkit/runs/*")  # fmt: skip
+        # into a private namespace: a bundle never moves refs of its own choosing
+        spec = f"+refs/*:{self.namespace}/*"
+        _git(self.root, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path), spec)
         self.report.fetched.append(bundle.name)
+
+    def close(self) -> None:
+        """Drop the fetched refs; pull_code names the commits it needs."""
+        refs = _git(self.root, "for-each-ref", "--format=%(refname)", self.namespace).stdout
+        if refs.strip():
+            stdin = "".join(f"delete {ref}\n" for ref in refs.split())
+            _git_input(self.root, stdin, "update-ref", "--stdin")
 
 
 def _advance_branch(root: Path, branch: str, commits: Sequence[str]) -> str | None:

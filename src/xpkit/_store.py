@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -41,7 +42,7 @@ from typing import Any
 import xxhash
 import yaml
 
-from ._bundles import CodeReport, has_git, pull_code, push_code
+from ._bundles import COMMIT, CodeReport, has_git, pull_code, push_code
 from ._lock import RunLock, load_lock
 from ._run import Run
 from ._runs import resolve_run
@@ -61,6 +62,8 @@ __all__ = ["PullReport", "PushReport", "StoredRun", "list_store", "pull", "push"
 FORMAT = 1
 _JOBS = 8  # concurrent transfers: object stores are latency-bound
 _CHUNK_BYTES = 1 << 20
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # run ids as run.lock may hold them
 
 Entry = dict[str, Any]  # {"size", "hash"} | {"link"} | {"dir": True}
 
@@ -408,7 +411,8 @@ def _send(
     stale = [k for k in present if k not in files or old_files.get(k) != files[k]]
     st.remove([f"{files_prefix}/{k}" for k in stale])
     st.write_bytes(manifest_key, manifest)
-    kept = {k: n for k, n in present.items() if k not in set(stale)}
+    stale_set = set(stale)
+    kept = {k: n for k, n in present.items() if k not in stale_set}
     todo = [k for k, e in files.items() if kept.get(k) != e["size"]]
     bar.grow(sum(files[k]["size"] for k in todo))
 
@@ -521,7 +525,7 @@ def _pulled(plan: _PullPlan, state: str) -> dict[str, Any]:
 
 
 def _match(st: Store, prefix: str) -> str:
-    ids = st.children("runs")
+    ids = [i for i in st.children("runs") if _ID.fullmatch(i)]
     if prefix in ids:
         return prefix
     matches = [i for i in ids if i.startswith(prefix)]
@@ -562,15 +566,15 @@ def _parse_manifest(data: bytes, run_id: str) -> Mapping[str, Any]:
     try:
         manifest = json.loads(data)
         ok = manifest["id"] == run_id and isinstance(manifest["files"], dict)
-        ok = ok and all(isinstance(u, str) for u in manifest["upstream"])
+        ok = ok and all(isinstance(u, str) and _ID.fullmatch(u) for u in manifest["upstream"])
+        code = manifest.get("code")
+        ok = ok and (code is None or bool(COMMIT.fullmatch(str(code["commit"]))))
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         msg = f"{what} is not valid"
         raise StoreError(msg)
     assert isinstance(manifest, dict)
-    for up in manifest["upstream"]:
-        safe_relpath(up, what=what)
     _project_dir(manifest["dir"], what=what)
     links = []
     for rel, entry in manifest["files"].items():
@@ -657,10 +661,14 @@ def _check_lock_dirs(lock: Mapping[str, Any], *, what: str) -> None:
 
 def _check_nesting(plans: Sequence[_PullPlan]) -> None:
     """Refuse a run directory inside another one of the same pull (it could be a link)."""
-    dirs = sorted(str(p.manifest["dir"]) for p in plans)
-    for a, b in itertools.pairwise(dirs):
-        if b.startswith(f"{a}/"):
-            msg = f"unsafe path {b!r} in store: run directory inside the run directory {a!r}"
+    dirs = {str(p.manifest["dir"]) for p in plans}
+    for rel in dirs:
+        parts = rel.split("/")
+        outer = next((d for i in range(1, len(parts)) if (d := "/".join(parts[:i])) in dirs), None)
+        if outer is not None:
+            msg = (
+                f"unsafe path {rel!r} in store: a run directory inside the run directory {outer!r}"
+            )
             raise UnsafePathError(msg)
 
 
