@@ -19,8 +19,15 @@ __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
 COMMANDS: dict[str, tuple[str, str]] = {
+    "diff": (
+        "xpkit._browse_cli:diff_command",
+        "compare two runs: config, code, data, env, metrics",
+    ),
+    "lineage": ("xpkit._browse_cli:lineage_command", "the tree of upstream runs of a run"),
+    "ls": ("xpkit._browse_cli:ls_command", "list runs with varying config keys and metrics"),
     "pull": ("xpkit._store_cli:pull_command", "bring a run's lineage (runs + code) from a store"),
     "push": ("xpkit._store_cli:push_command", "copy runs' whole lineage (runs + code) to a store"),
+    "show": ("xpkit._browse_cli:show_command", "one run: summary, config, data, lineage, error"),
     "store": ("xpkit._store_cli:store_command", "inspect a store: xp store ls"),
 }
 

@@ -70,4 +70,7 @@ def default_recorders(plan: RunPlan) -> list[Recorder]:
     """The recorders of one run, in the order their sections appear in run.lock."""
     recorders: list[Recorder] = []
     recorders.append(EnvRecorder())
+    from ._lineage import UpstreamRecorder
+
+    recorders.append(UpstreamRecorder())
     return recorders
