@@ -25,6 +25,7 @@ against the manifest's hashes and renamed into place, so a failed pull leaves no
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import json
 import os
@@ -713,6 +714,8 @@ def _copy_run(st: Store, plan: _PullPlan, bar: _Progress) -> None:
     """Download into a hidden sibling, verify every hash, then rename into place."""
     run_id, entries = plan.id, plan.manifest["files"]
     plan.target.parent.mkdir(parents=True, exist_ok=True)
+    for left in plan.target.parent.glob(f".{glob.escape(plan.target.name)}.*.xpkit-pull"):
+        shutil.rmtree(left, ignore_errors=True)  # left by a pull that was killed
     tmp = plan.target.with_name(f".{plan.target.name}.{secrets.token_hex(4)}.xpkit-pull")
     files = [k for k, e in entries.items() if "hash" in e]
     bar.grow(sum(entries[k]["size"] for k in files))
