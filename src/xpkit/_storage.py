@@ -1,4 +1,6 @@
-"""Where ``xp push`` puts things: a local directory, or any fsspec URL (``s3://``, ``gs://``...).
+"""Where ``xp push`` puts things, and the rules that keep pulled paths inside the project.
+
+A store is a local directory, or any fsspec URL (``s3://``, ``gs://``, ``sftp://``...).
 
 Both backends offer the same few operations on POSIX keys relative to the store root. Every
 write is atomic at the key: a reader (or the next push after a crash) sees a whole object or
@@ -12,9 +14,13 @@ A local directory needs nothing but the standard library; fsspec is imported onl
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -22,7 +28,18 @@ from typing import Any, Protocol
 from ._settings import Settings
 from .errors import StoreError, UnsafePathError, missing_extra
 
-__all__ = ["LocalStore", "Store", "open_store", "safe_relpath"]
+__all__ = [
+    "LocalStore",
+    "Progress",
+    "Store",
+    "link_target",
+    "open_store",
+    "parallel",
+    "project_dir",
+    "safe_relpath",
+]
+
+_JOBS = 8  # concurrent transfers: object stores are latency-bound
 
 # protocols whose single-object PUT is atomic: no temporary key needed
 _ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
@@ -51,6 +68,99 @@ def safe_relpath(path: str, *, what: str) -> str:
         )
         raise UnsafePathError(msg)
     return path
+
+
+def project_dir(rel: Any, *, what: str) -> str:
+    """A run's recorded ``dir``: relative, inside the project, not in ``.git``."""
+    if not isinstance(rel, str):
+        msg = f"{what}: run directory {rel!r} is not a path"
+        raise UnsafePathError(msg)
+    safe_relpath(rel, what=what)
+    if rel.split("/", 1)[0] == ".git":
+        msg = f"unsafe path {rel!r} in {what}: a run directory cannot be inside .git"
+        raise UnsafePathError(msg)
+    return rel
+
+
+def link_target(rel: str, target: str, *, what: str, top: Path | None = None) -> str:
+    """A symlink's target, made relative, if it stays inside its run directory.
+
+    The target may climb (``..``) only at its start, and no higher than the run directory;
+    then it only descends. Lexical ``a/../b`` is refused: ``a`` may itself be a link.
+    An absolute target inside ``top`` (the run directory, when pushing) is made relative.
+    """
+    if os.path.isabs(target) and top is not None:
+        inside = Path(target).resolve()
+        if inside == top or top in inside.parents:
+            target = os.path.relpath(inside, (top / rel).parent)
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = len(parts) - len(list(itertools.dropwhile(lambda p: p == "..", parts)))
+    bad = (
+        target.startswith(("/", "~"))
+        or "\0" in target
+        or ".." in parts[ups:]
+        or ups > rel.count("/")
+    )
+    if bad:
+        msg = (
+            f"unsafe symlink {rel} -> {target} in {what}: only links to a path inside the "
+            "run directory are allowed"
+        )
+        raise UnsafePathError(msg)
+    return "/".join(parts) or "."
+
+
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=_JOBS, thread_name_prefix="xpkit-store") as pool:
+        return list(pool.map(fn, items))
+
+
+class Progress:
+    """A rich progress bar in bytes, on a terminal only; a no-op otherwise."""
+
+    def __init__(self, enabled: bool | None, description: str) -> None:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        if enabled:
+            with contextlib.suppress(ImportError):
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TransferSpeedColumn,
+                )
+
+                self._bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    transient=True,
+                )
+                self._task = self._bar.add_task(description, total=0)
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def grow(self, nbytes: int) -> None:
+        if self._bar is not None:
+            task = self._bar.tasks[0]
+            self._bar.update(self._task, total=(task.total or 0) + nbytes)
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, nbytes)
 
 
 class Store(Protocol):

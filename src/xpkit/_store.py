@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import itertools
 import json
 import os
 import re
 import secrets
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +45,15 @@ from ._lock import RunLock, load_lock
 from ._run import Run
 from ._runs import resolve_run
 from ._settings import Settings, load_settings
-from ._storage import Store, open_store, safe_relpath
+from ._storage import (
+    Progress,
+    Store,
+    link_target,
+    open_store,
+    parallel,
+    project_dir,
+    safe_relpath,
+)
 from .errors import (
     AmbiguousRunError,
     DataError,
@@ -61,7 +66,6 @@ from .errors import (
 __all__ = ["PullReport", "PushReport", "StoredRun", "list_store", "pull", "push"]
 
 FORMAT = 1
-_JOBS = 8  # concurrent transfers: object stores are latency-bound
 _CHUNK_BYTES = 1 << 20
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # run ids as run.lock may hold them
@@ -142,99 +146,6 @@ def _marker(manifest: bytes) -> bytes:
     return f"xxh3_128:{xxhash.xxh3_128_hexdigest(manifest)}\n".encode()
 
 
-def _project_dir(rel: Any, *, what: str) -> str:
-    """A run's recorded ``dir``: relative, inside the project, not in ``.git``."""
-    if not isinstance(rel, str):
-        msg = f"{what}: run directory {rel!r} is not a path"
-        raise UnsafePathError(msg)
-    safe_relpath(rel, what=what)
-    if rel.split("/", 1)[0] == ".git":
-        msg = f"unsafe path {rel!r} in {what}: a run directory cannot be inside .git"
-        raise UnsafePathError(msg)
-    return rel
-
-
-def _link_target(rel: str, target: str, *, what: str, top: Path | None = None) -> str:
-    """A symlink's target, made relative, if it stays inside its run directory.
-
-    The target may climb (``..``) only at its start, and no higher than the run directory;
-    then it only descends. Lexical ``a/../b`` is refused: ``a`` may itself be a link.
-    An absolute target inside ``top`` (the run directory, when pushing) is made relative.
-    """
-    if os.path.isabs(target) and top is not None:
-        inside = Path(target).resolve()
-        if inside == top or top in inside.parents:
-            target = os.path.relpath(inside, (top / rel).parent)
-    parts = [p for p in target.split("/") if p not in ("", ".")]
-    ups = len(parts) - len(list(itertools.dropwhile(lambda p: p == "..", parts)))
-    bad = (
-        target.startswith(("/", "~"))
-        or "\0" in target
-        or ".." in parts[ups:]
-        or ups > rel.count("/")
-    )
-    if bad:
-        msg = (
-            f"unsafe symlink {rel} -> {target} in {what}: only links to a path inside the "
-            "run directory are allowed"
-        )
-        raise UnsafePathError(msg)
-    return "/".join(parts) or "."
-
-
-def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=_JOBS, thread_name_prefix="xpkit-store") as pool:
-        return list(pool.map(fn, items))
-
-
-class _Progress:
-    """A rich progress bar in bytes, on a terminal only; a no-op otherwise."""
-
-    def __init__(self, enabled: bool | None, description: str) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            with contextlib.suppress(ImportError):
-                from rich.progress import (
-                    BarColumn,
-                    DownloadColumn,
-                    Progress,
-                    TextColumn,
-                    TransferSpeedColumn,
-                )
-
-                self._bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    transient=True,
-                )
-                self._task = self._bar.add_task(description, total=0)
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def grow(self, nbytes: int) -> None:
-        if self._bar is not None:
-            task = self._bar.tasks[0]
-            self._bar.update(self._task, total=(task.total or 0) + nbytes)
-
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, nbytes)
-
-
 # --------------------------------------------------------------------------- push
 
 
@@ -269,7 +180,7 @@ def push(
     report = PushReport()
     holders, bundle = push_code(settings.root, st, commits, git_remote=git_remote)
     report.bundles = [bundle] if bundle else []
-    with _Progress(progress, "push") as bar:
+    with Progress(progress, "push") as bar:
         for run in lineage:
             if run.path is None:
                 report.runs.append(_row(run, "in store"))
@@ -293,7 +204,7 @@ def _lineage(roots: Sequence[Run], settings: Settings, st: Store) -> list[_Local
         run_id = str(lock["id"])
         if run_id in out:
             return
-        rel = _project_dir(lock["dir"], what=f"run.lock of run {run_id}")
+        rel = project_dir(lock["dir"], what=f"run.lock of run {run_id}")
         ups = _upstream_locks(lock)
         if path is None:
             path = _locate(run_id, rel, settings)
@@ -350,7 +261,7 @@ def _scan(run: _LocalRun) -> dict[str, Entry]:
     for rel, entry in entries.items():
         safe_relpath(rel, what=what)
         if "link" in entry:
-            entry["link"] = _link_target(rel, entry["link"], what=what, top=top)
+            entry["link"] = link_target(rel, entry["link"], what=what, top=top)
     if "run.lock" not in entries:
         msg = f"{what} has no run.lock"
         raise StoreError(msg)
@@ -396,7 +307,7 @@ def _manifest(run: _LocalRun, entries: Mapping[str, Entry], code: Any) -> bytes:
 
 
 def _send(
-    st: Store, run: _LocalRun, manifest: bytes, entries: Mapping[str, Entry], bar: _Progress
+    st: Store, run: _LocalRun, manifest: bytes, entries: Mapping[str, Entry], bar: Progress
 ) -> dict[str, Any]:
     """Make ``runs/<id>`` hold ``entries`` under ``manifest``; COMPLETE last."""
     assert run.path is not None
@@ -421,7 +332,7 @@ def _send(
         st.put_file(run.path / rel, f"{files_prefix}/{rel}")  # type: ignore[operator]
         bar.advance(files[rel]["size"])
 
-    _parallel(upload, todo)
+    parallel(upload, todo)
     _check_sizes(st, run.id, files)
     st.write_bytes(marker_key, _marker(manifest))
     sent = sum(files[k]["size"] for k in todo)
@@ -508,7 +419,7 @@ def pull(
             )
     elif commits:
         report.warnings.append(f"{settings.root} is not a git repository: code not pulled")
-    with _Progress(progress, "pull") as bar:
+    with Progress(progress, "pull") as bar:
         for plan in plans:
             action = plan.action
             if action == "fetch":
@@ -576,13 +487,13 @@ def _parse_manifest(data: bytes, run_id: str) -> Mapping[str, Any]:
         msg = f"{what} is not valid"
         raise StoreError(msg)
     assert isinstance(manifest, dict)
-    _project_dir(manifest["dir"], what=what)
+    project_dir(manifest["dir"], what=what)
     links = []
     for rel, entry in manifest["files"].items():
         safe_relpath(rel, what=what)
         _check_entry(entry, rel, what=what)
         if "link" in entry:
-            _link_target(rel, entry["link"], what=what)
+            link_target(rel, entry["link"], what=what)
             links.append(rel)
     for rel in manifest["files"]:
         if any(rel.startswith(f"{link}/") for link in links):
@@ -655,7 +566,7 @@ def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
 
 def _check_lock_dirs(lock: Mapping[str, Any], *, what: str) -> None:
     """Every ``dir`` of a run.lock and of its upstream locks, recursively, stays inside."""
-    _project_dir(lock.get("dir"), what=what)
+    project_dir(lock.get("dir"), what=what)
     for up in _upstream_locks(lock):
         _check_lock_dirs(up, what=what)
 
@@ -710,7 +621,7 @@ def _scan_dir(top: Path) -> dict[str, Entry]:
     return out
 
 
-def _copy_run(st: Store, plan: _PullPlan, bar: _Progress) -> None:
+def _copy_run(st: Store, plan: _PullPlan, bar: Progress) -> None:
     """Download into a hidden sibling, verify every hash, then rename into place."""
     run_id, entries = plan.id, plan.manifest["files"]
     plan.target.parent.mkdir(parents=True, exist_ok=True)
@@ -731,7 +642,7 @@ def _copy_run(st: Store, plan: _PullPlan, bar: _Progress) -> None:
 
     try:
         tmp.mkdir()
-        _parallel(download, files)
+        parallel(download, files)
         for rel, entry in entries.items():
             if entry.get("dir"):
                 (tmp / rel).mkdir(parents=True, exist_ok=True)
@@ -744,7 +655,7 @@ def _copy_run(st: Store, plan: _PullPlan, bar: _Progress) -> None:
             shutil.rmtree(tmp)
 
 
-def _link_run(st: Store, plan: _PullPlan, bar: _Progress) -> None:
+def _link_run(st: Store, plan: _PullPlan, bar: Progress) -> None:
     """Symlink the run directory to its files in a filesystem store (sizes checked)."""
     files = {k: e for k, e in plan.manifest["files"].items() if "hash" in e}
     _check_sizes(st, plan.id, files)
