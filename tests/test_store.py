@@ -250,6 +250,12 @@ def test_pull_link_symlinks_run_directories(
         assert (b / lock.dir).is_symlink()
         assert load_lock(b / lock.dir).id == lock.id
     assert (b / prep.dir).resolve() == (tmp_path / "store" / "runs" / prep.id / "files").resolve()
+    rows = push([train.id], store=tmp_path / "store").runs
+    assert [r["state"] for r in rows] == ["unchanged", "unchanged"]
+    (b / train.dir / "model.bin").write_bytes(b"edited through the link")
+    with pytest.raises(StoreError, match="linked from this store"):
+        push([train.id], store=tmp_path / "store")
+    assert (b / train.dir / "model.bin").read_bytes() == b"edited through the link"
 
 
 def test_push_refuses_a_symlink_pointing_out_of_the_run(

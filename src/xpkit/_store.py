@@ -316,6 +316,14 @@ def _send(
     old = st.read_bytes(manifest_key)
     if old == manifest and st.read_bytes(marker_key) == _marker(manifest):
         return _row(run, "unchanged", files=len(files), sent_files=0, sent_bytes=0)
+    source = st.local_path(_run_key(run.id, "files"))
+    if source is not None and run.path.resolve() == source.resolve():
+        # the run dir is a --link into this very store: its files are the stored ones
+        msg = (
+            f"run {run.id} ({run.dir}) is linked from this store and differs from its manifest; "
+            "pull a copy (without --link) to change a run"
+        )
+        raise StoreError(msg)
     old_files = _manifest_files(old)
     files_prefix = _run_key(run.id, "files")
     st.remove([marker_key])
