@@ -12,12 +12,11 @@ from __future__ import annotations
 import __future__
 
 import ast
-import copy
 import inspect
 import linecache
 import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -88,7 +87,7 @@ def _build_twin(fn: types.FunctionType) -> Callable[..., Any] | None:
         return None
     linecache.checkcache(code.co_filename)
     node = _function_node(fn)
-    if node is None or not _same_code(node, fn):
+    if node is None or not _same_code(fn):
         return None
     _strip_evaluated_parts(node)
     sink_call = ast.Expr(
@@ -131,21 +130,30 @@ def _function_node(fn: types.FunctionType) -> ast.FunctionDef | None:
     return node
 
 
-def _same_code(node: ast.FunctionDef, fn: types.FunctionType) -> bool:
-    """True when the source on disk still compiles to ``fn``'s code (the file is not edited)."""
-    plain = copy.copy(node)
-    plain.decorator_list = []
-    module = ast.Module(body=[plain], type_ignores=[])
-    ast.fix_missing_locations(module)
-    compiled = compile(
-        module,
-        fn.__code__.co_filename,
-        "exec",
-        flags=fn.__code__.co_flags & _FUTURE_FLAGS,
-        dont_inherit=True,
+def _same_code(fn: types.FunctionType) -> bool:
+    """True when the source file still compiles to ``fn``'s code (it was not edited since).
+
+    The whole file is compiled, not the function alone: CPython's code generation depends on
+    module-level context (e.g. method calls on imported modules).
+    """
+    code = fn.__code__
+    source = "".join(linecache.getlines(code.co_filename))
+    try:
+        module = compile(source, code.co_filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return any(
+        c.co_code == code.co_code and c.co_names == code.co_names and c.co_consts == code.co_consts
+        for c in _code_objects(module)
+        if c.co_name == code.co_name and c.co_firstlineno == code.co_firstlineno
     )
-    inner = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
-    return inner.co_code == fn.__code__.co_code and inner.co_names == fn.__code__.co_names
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield const
+            yield from _code_objects(const)
 
 
 def _strip_evaluated_parts(node: ast.FunctionDef) -> None:

@@ -3,7 +3,8 @@
 A stage run creates fresh recorders and drives them through three phases::
 
     prepare(plan)   before the run directory exists: validate, raise XpkitError on bad
-                    input (a missing data path, a missing upstream); nothing is created
+                    input (a missing data path, a missing upstream); nothing is created;
+                    may return ``{dotted_key: value}`` config updates
     start(run)      the run directory exists and run.lock says "running": start work,
                     in a background thread when it is slow; never block the body long
     finish(run)     after the body returned or raised: join background work and return
@@ -16,6 +17,7 @@ is logged as a warning and never hides the body's own outcome.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -29,8 +31,12 @@ class Recorder(Protocol):
 
     key: str
 
-    def prepare(self, plan: RunPlan) -> None:
-        """Validate before the run directory exists."""
+    def prepare(self, plan: RunPlan) -> Mapping[str, Any] | None:
+        """Validate before the run directory exists; may return config updates.
+
+        The returned ``{dotted_key: value}`` replace config values before the run starts
+        (an upstream ``latest`` link is recorded as the run directory it points at).
+        """
 
     def start(self, run: ActiveRun) -> None:
         """Start recording; the run directory exists."""
@@ -49,7 +55,7 @@ class EnvRecorder:
         self._value: dict[str, Any] = {}
 
     def prepare(self, plan: RunPlan) -> None:
-        pass
+        return None
 
     def start(self, run: ActiveRun) -> None:
         from ._env import collect_env

@@ -139,7 +139,11 @@ class Stage(Generic[R]):
         plan = _plan(view, cfg, settings, started)
         recorders = default_recorders(plan)
         for recorder in recorders:
-            recorder.prepare(plan)
+            updates = recorder.prepare(plan)
+            if updates:  # e.g. an upstream ``latest`` link recorded as the run it points at
+                for key, value in updates.items():
+                    OmegaConf.update(cfg, key, value, merge=False)
+                    OmegaConf.update(plan.config, key, value, merge=False)
         run_dir = _create_run_dir(settings.resolve(plan.config.save_dir))
         with open_dict(cfg):
             cfg.save_dir = _display_path(run_dir)

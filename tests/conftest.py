@@ -1,0 +1,27 @@
+"""Shared fixtures: every test gets a clean settings cache and a git identity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from xpkit._settings import clear_settings_cache
+
+_GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "xpkit tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "xpkit tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Forget cached project settings around each test; give git commits an author."""
+    for key, value in _GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("XPKIT_ROOT", raising=False)
+    clear_settings_cache()
+    yield
+    clear_settings_cache()
