@@ -42,17 +42,12 @@ def xp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
 
 
 def isolate(mp: pytest.MonkeyPatch) -> None:
-    """A git identity for commits, no forced project root, no cached settings."""
+    """What conftest's per-test fixture does, for the module-scoped one below."""
     for kind in ("AUTHOR", "COMMITTER"):
         mp.setenv(f"GIT_{kind}_NAME", "Test")
         mp.setenv(f"GIT_{kind}_EMAIL", "test@example.com")
     mp.delenv("XPKIT_ROOT", raising=False)
     clear_settings_cache()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    isolate(monkeypatch)
 
 
 def make_repo(tmp_path: Path) -> tuple[Path, Path]:
