@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from ._context import current, get_logger, log_metrics, track_data, use_run
+from ._mlflow import sync_run, sync_runs
 from ._run import Run
 from ._script import run
 from ._stage import Stage, stage
@@ -29,6 +30,8 @@ __all__ = [
     "log_metrics",
     "run",
     "stage",
+    "sync_run",
+    "sync_runs",
     "track_data",
     "use_run",
 ]

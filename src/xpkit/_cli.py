@@ -18,7 +18,10 @@ from .errors import XpkitError
 __all__ = ["COMMANDS", "main"]
 
 # name -> ("module:function", one-line help); keep sorted by name
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "log": ("xpkit._mlflow_cli:log_command", "sync runs into MLflow and re-apply stage loggers"),
+    "ui": ("xpkit._mlflow_cli:ui_command", "serve the MLflow UI of the project on 127.0.0.1"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
