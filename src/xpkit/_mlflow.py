@@ -11,7 +11,7 @@ however often the directory is synced. Each sync sends only what is new:
   (running→RUNNING, completed→FINISHED, failed→FAILED, interrupted→KILLED).
 - params: the config flattened with dots. Values over 6000 characters are cut with a
   ``...[truncated, N chars]`` marker; keys are made valid (characters outside
-  ``[\\w-. :/]`` become ``_``, keys over 250 characters end in ``~<hash>``). Params
+  ``[\\w-. :/]`` become ``_``, keys over 250 characters end in ``-<hash>``). Params
   already in MLflow are never sent again (they are immutable there); a value that differs
   (config is immutable too, so this means an edited run.lock) goes to the tag
   ``xpkit.param_conflict.<key>`` instead of failing the sync.
@@ -175,21 +175,35 @@ def import_mlflow() -> Any:
     return mlflow
 
 
+_lock_mutex = threading.RLock()
+_lock_files: dict[Path, Any] = {}
+
+
 @contextlib.contextmanager
 def project_lock(settings: Settings) -> Iterator[None]:
-    """Hold ``<results>/.mlflow.lock``: one sync at a time per project, across processes."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no cross-process lock
-        yield
-        return
-    settings.results_path.mkdir(parents=True, exist_ok=True)
-    with open(settings.results_path / ".mlflow.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+    """Hold ``<results>/.mlflow.lock``: one sync at a time per project, across processes.
+
+    Re-entrant within a thread; other threads of the process wait like other processes.
+    """
+    path = settings.results_path / ".mlflow.lock"
+    with _lock_mutex:
+        if path in _lock_files:  # held by this thread already (the mutex is re-entrant)
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: threads are still serialized
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _lock_files[path] = f
+            try:
+                yield
+            finally:
+                del _lock_files[path]
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --- run.lock → MLflow params and tags -----------------------------------------------
@@ -203,7 +217,7 @@ def mlflow_key(key: str) -> str:
         out = "_" + out.replace("/", "_")
     if len(out) > KEY_MAX:
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
-        out = f"{out[: KEY_MAX - 9]}~{digest}"
+        out = f"{out[: KEY_MAX - 9]}-{digest}"
     return out
 
 
@@ -228,7 +242,7 @@ def params_of(lock: RunLock) -> dict[str, str]:
     for key, value in flatten(lock.config).items():
         name = mlflow_key(key)
         if name in params:  # two config keys made the same by sanitizing
-            name = mlflow_key(f"{name}~{hashlib.sha1(key.encode()).hexdigest()[:8]}")
+            name = mlflow_key(f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}")
         params[name] = _truncate(_text(value), PARAM_VALUE_MAX)
     return params
 

@@ -301,7 +301,7 @@ def _loggers_for(
 
 def ui_command(argv: list[str]) -> int:
     """``xp ui [--port N]``: the MLflow UI on 127.0.0.1, on the project's tracking store."""
-    from ._mlflow import Syncer, artifacts_root, project_lock, tracking_uri
+    from ._mlflow import Syncer, artifacts_root, tracking_uri
 
     parser = argparse.ArgumentParser(
         prog="xp ui",
@@ -312,8 +312,7 @@ def ui_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     uri = tracking_uri(settings)
-    with project_lock(settings):  # create/migrate the store here, not racing a sync
-        Syncer(settings=settings).client.search_experiments(max_results=1)
+    Syncer(settings=settings)  # creates/migrates the store under the project lock
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     root = artifacts_root(uri)
