@@ -118,6 +118,7 @@ BATCH_TAGS = 100
 BATCH_ENTITIES = 1000
 LIVE_DELAY_S = 5.0
 LIVE_INTERVAL_S = 3.0
+LIVE_CHUNK_BYTES = 128 * 1024  # of metrics.jsonl per live cycle: bounds the thread's CPU share
 EXIT_WAIT_S = 60.0
 ARTIFACTS = ("config", "lock", "log")  # RunPaths attributes uploaded as artifacts
 TAGGED_PACKAGES = (
@@ -331,13 +332,13 @@ class _Point:
 
 
 def _read_points(
-    path: Path, offset: int, counts: dict[str, int]
+    path: Path, offset: int, counts: dict[str, int], *, max_bytes: int | None = None
 ) -> tuple[list[_Point], int, dict[str, int]]:
     """Points of metrics.jsonl after ``offset``, up to its last complete line."""
     try:
         with path.open("rb") as f:
             f.seek(offset)
-            data = f.read()
+            data = f.read(-1 if max_bytes is None else max_bytes)
     except FileNotFoundError:
         return [], offset, counts
     end = data.rfind(b"\n") + 1
@@ -422,9 +423,12 @@ class Syncer:
         run: Run | str | os.PathLike[str],
         *,
         loggers: Sequence[Callable[..., Any]] = (),
-        artifacts: bool = True,
+        live: bool = False,
     ) -> SyncReport:
         """Sync one run directory; then call each logger ``fn(run, mlflow)`` inside its run.
+
+        ``live``: a sync while the run runs: no artifacts, at most ``LIVE_CHUNK_BYTES`` of
+        new metrics (the rest next time), so that the syncing thread stays light.
 
         Raises:
             LockError: the run's run.lock is missing or invalid.
@@ -433,7 +437,7 @@ class Syncer:
         """
         run = run if isinstance(run, Run) else Run(run)
         with project_lock(self.settings):
-            report = self._sync(run.reload(), artifacts=artifacts)
+            report = self._sync(run.reload(), live=live)
             if loggers:
                 self._apply_loggers(run, report.mlflow_id, loggers)
         return report
@@ -462,7 +466,7 @@ class Syncer:
 
     # one run ---------------------------------------------------------------------------
 
-    def _sync(self, run: Run, *, artifacts: bool) -> SyncReport:
+    def _sync(self, run: Run, *, live: bool) -> SyncReport:
         lock = run.lock
         state = dict(_load_states(run.paths).get(self.uri) or {})
         found = self._find(lock, state.get("run_id"))
@@ -485,11 +489,14 @@ class Syncer:
         params, conflicts = _diff_params(params_of(lock), old_params)
         new_tags = {k: v for k, v in {**tags, **conflicts}.items() if old_tags.get(k) != v}
         points, offset, counts = _read_points(
-            run.paths.metrics, int(state.get("offset", 0)), state.get("counts", {})
+            run.paths.metrics,
+            int(state.get("offset", 0)),
+            state.get("counts", {}),
+            max_bytes=LIVE_CHUNK_BYTES if live else None,
         )
         if state.pop("verify", False):
             points = self._unlogged(run_id, points)
-        if points:
+        if points and not report.created:  # a crash mid-way leaves "pending": verify next time
             _save_state(run.paths, self.uri, {**state, "pending": True})
         self._log_batch(run_id, params, new_tags, points)
         state.update(offset=offset, counts=counts, pending=False)
@@ -499,8 +506,8 @@ class Syncer:
             len(points),
         )
         self._set_status(run_id, lock, found.info)
-        if artifacts:
-            report.artifacts = self._upload(run, run_id, state)
+        if not live:
+            report.artifacts = self._upload(run, found.info.artifact_uri, state)
         _save_state(run.paths, self.uri, state)
         return report
 
@@ -585,9 +592,12 @@ class Syncer:
         elif info is None or info.status != status or info.end_time != end:
             self.client.set_terminated(run_id, status=status, end_time=end)
 
-    def _upload(self, run: Run, run_id: str, state: dict[str, Any]) -> int:
+    def _upload(self, run: Run, artifact_uri: str, state: dict[str, Any]) -> int:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
         sent = dict(state.get("artifacts") or {})
         uploaded = 0
+        repo: Any = None  # made once per run: the client would look the run up for every file
         for attr in ARTIFACTS:
             path: Path = getattr(run.paths, attr)
             try:
@@ -596,7 +606,8 @@ class Syncer:
                 continue
             signature = [st.st_size, st.st_mtime_ns]
             if sent.get(path.name) != signature:
-                self.client.log_artifact(run_id, str(path))
+                repo = repo or get_artifact_repository(artifact_uri)
+                repo.log_artifact(str(path))
                 sent[path.name] = signature
                 uploaded += 1
         state["artifacts"] = sent
@@ -871,7 +882,7 @@ class _Tracker:
                     job = self._next()
                 self._busy = job
             try:
-                self.syncer(job.settings).sync(Run(job.run_dir), artifacts=job.final)
+                self.syncer(job.settings).sync(Run(job.run_dir), live=not job.final)
             except Exception as e:
                 if job.run_dir not in self._failed:  # warn once per run, not every cycle
                     self._failed.add(job.run_dir)

@@ -245,10 +245,14 @@ def _log_runs(
     syncer = Syncer(settings=settings)
     syncer.prefetch({r.stage for r in good})
     stage_loggers = _loggers_for(good, settings, forced) if loggers else {}
+    for stage, (_, problem) in stage_loggers.items():
+        if problem is not None:
+            failed += 1
+            say(f"loggers of stage {stage!r} not applied: {problem}")
     created = points = 0
     with progress_bar(len(good), enabled=None if not quiet else False, what="xp log") as advance:
         for run in good:
-            fns, problem = stage_loggers.get(run.stage, ([], None))
+            fns = stage_loggers.get(run.stage, ([], None))[0]
             try:
                 report = syncer.sync(run, loggers=fns)
                 created += report.created
@@ -256,9 +260,6 @@ def _log_runs(
             except Exception as e:
                 failed += 1
                 say(f"{run.dir}: {type(e).__name__}: {e}")
-            if problem is not None:
-                failed += 1
-                say(f"{run.dir}: loggers not applied: {problem}")
             advance()
     if not quiet:
         say(
@@ -288,6 +289,9 @@ def _loggers_for(
             out[run.stage] = (
                 (list(forced.loggers), None) if forced.name == run.stage else ([], None)
             )
+            continue
+        if not isinstance(run.lock.extra.get("entry"), Mapping):
+            out[run.stage] = ([], None)  # made before entries were recorded: nothing to apply
             continue
         try:
             out[run.stage] = (list(stage_of_run(run, settings).loggers), None)
