@@ -395,3 +395,91 @@ def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise
             time.sleep(0.5)
+
+
+def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
+    """RUN is a run directory, a directory of runs, or a unique id prefix."""
+    from xpkit._mlflow_cli import find_runs
+    from xpkit._settings import load_settings
+    from xpkit.errors import RunNotFoundError
+
+    @xp.stage(name="finding", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    made = []
+    for _ in range(3):
+        main()
+        assert main.last is not None
+        made.append(main.last)
+    settings = load_settings()
+    assert {r.dir for r in find_runs(["results/finding"], settings)} == {r.dir for r in made}
+    assert [r.dir for r in find_runs([str(made[1].dir)], settings)] == [made[1].dir]
+    assert [r.dir for r in find_runs([made[2].id[:8]], settings)] == [made[2].dir]
+    with pytest.raises(RunNotFoundError, match="zzz"):
+        find_runs(["zzz"], settings)
+
+
+def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:
+    """run.lock records the stage's module and file; importing it skips the main block."""
+    from xpkit._mlflow_cli import load_stage, stage_of_run
+    from xpkit._settings import load_settings
+
+    (project / "entry_stage.py").write_text(textwrap.dedent(STAGE_SCRIPT.format(name="entry")))
+    done = subprocess.run(
+        [sys.executable, "entry_stage.py"],
+        cwd=project,
+        env=env_for(project, "unused", XPKIT_TRACKING="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    run = Run(project / "results" / "entry" / "latest")
+    assert run.lock.extra["entry"] == {
+        "module": "__main__",
+        "qualname": "main",
+        "file": "entry_stage.py",
+    }
+    settings = load_settings()
+    try:
+        assert stage_of_run(run, settings).name == "entry"
+        assert load_stage("entry_stage.py:main", settings).name == "entry"
+    finally:
+        sys.modules.pop("entry_stage", None)
+    assert (project / "counter.txt").read_text() == "main block\nran\n"
+
+
+def test_import_xpkit_does_not_import_mlflow() -> None:
+    """`import xpkit` stays light: mlflow is imported only when syncing."""
+    code = "import sys, xpkit; print('mlflow' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_tracking_false_in_pyproject_switches_automatic_logging_off(
+    project: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `tracking = false`, a run is neither synced nor logged by its loggers."""
+    monkeypatch.delenv("XPKIT_TRACKING")
+    (project / "pyproject.toml").write_text("[tool.xpkit]\ntracking = false\n")
+    clear_settings_cache()
+    called: list[Run] = []
+
+    @xp.stage(name="untracked", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main.logger(lambda run, mlflow: called.append(run))
+    main()
+    assert main.last is not None
+    assert called == []
+    assert runs_tagged(store, "untracked", main.last.id) == []
+    assert not main.last.paths.mlflow_state.exists()
