@@ -92,6 +92,8 @@ def test_sync_twice_makes_one_mlflow_run_with_exact_params_tags_metrics(
             xp.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
         xp.log_metrics({"acc": 0.5})  # no step: numbered per metric
         xp.log_metrics({"acc": 0.7})
+        xp.log_metrics({"odd": float("inf")}, step=0)
+        xp.log_metrics({"odd": float("nan")}, step=1)
 
     main()
     run = main.last
@@ -119,6 +121,7 @@ def test_sync_twice_makes_one_mlflow_run_with_exact_params_tags_metrics(
     assert ml.info.status == "FINISHED"
     assert history(store, first, "loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
     assert history(store, first, "acc") == [(0, 0.5), (1, 0.7)]
+    assert len(history(store, first, "odd")) == 2
     names = sorted(a.path for a in client(store).list_artifacts(first))
     assert names == ["config.yaml", "run.lock", "run.log"]
 

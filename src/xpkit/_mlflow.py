@@ -66,6 +66,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -328,7 +329,14 @@ class _Point:
     step: int
 
     def ident(self) -> tuple[str, int, int, str]:
-        return (self.key, self.timestamp, self.step, repr(self.value))
+        return _ident(self.key, self.timestamp, self.step, self.value)
+
+
+def _ident(key: str, timestamp: int, step: int, value: float) -> tuple[str, int, int, str]:
+    """A metric point as MLflow stores it (infinities are clipped to the largest float)."""
+    if math.isinf(value):
+        value = math.copysign(sys.float_info.max, value)
+    return (key, timestamp, step, repr(value))
 
 
 def _read_points(
@@ -411,7 +419,9 @@ class Syncer:
             with project_lock(self.settings):  # a fresh store migrates its schema here
                 client = self.mlflow.MlflowClient(tracking_uri=uri)
         self.client = client
-        self.uri: str = client._tracking_client.tracking_uri
+        self.uri: str = (
+            getattr(client, "tracking_uri", None) or client._tracking_client.tracking_uri
+        )
         self._experiments: dict[str, str] = {}
         self._known: dict[str, Any] = {}  # xpkit run id -> MLflow run, from prefetch
         self._prefetched: set[str] = set()  # experiment ids whose runs are all known
@@ -509,6 +519,7 @@ class Syncer:
         if not live:
             report.artifacts = self._upload(run, found.info.artifact_uri, state)
         _save_state(run.paths, self.uri, state)
+        self._known.pop(lock.id, None)  # prefetched data is stale now
         return report
 
     def _find(self, lock: RunLock, run_id: str | None) -> Any:
@@ -558,7 +569,7 @@ class Syncer:
         logged: Counter[tuple[str, int, int, str]] = Counter()
         for key in {p.key for p in points}:
             for m in self.client.get_metric_history(run_id, key):
-                logged[(m.key, m.timestamp, m.step, repr(float(m.value)))] += 1
+                logged[_ident(m.key, m.timestamp, m.step, float(m.value))] += 1
         fresh = []
         for point in points:
             ident = point.ident()
