@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import xpkit as xp
-from xpkit import _mlflow
+from xpkit import _mlflow, _mlflow_live
 from xpkit._mlflow import mlflow_key, sync_run, tracking_uri
 from xpkit._run import Run
 from xpkit._settings import clear_settings_cache
@@ -280,8 +280,8 @@ def test_live_sync_pushes_points_while_the_run_runs(
 ) -> None:
     """The background syncer shows a running run's points in MLflow before it ends."""
     monkeypatch.setenv("XPKIT_TRACKING", "1")
-    monkeypatch.setattr(_mlflow, "LIVE_DELAY_S", 0.1)
-    monkeypatch.setattr(_mlflow, "LIVE_INTERVAL_S", 0.2)
+    monkeypatch.setattr(_mlflow_live, "LIVE_DELAY_S", 0.1)
+    monkeypatch.setattr(_mlflow_live, "LIVE_INTERVAL_S", 0.2)
     seen: dict[str, Any] = {}
 
     @xp.stage(name="live", src=False)
@@ -298,7 +298,7 @@ def test_live_sync_pushes_points_while_the_run_runs(
 
     main()
     assert seen == {"status": "RUNNING"}
-    assert _mlflow._tracker().drain(30)  # the final sync is done in the background
+    assert _mlflow_live._tracker().drain(30)  # the final sync is done in the background
     run = main.last
     assert run is not None
     (ml,) = runs_tagged(store, "live", run.id)

@@ -176,7 +176,7 @@ def _begin_tracking(stage: Stage[Any], active: ActiveRun) -> Any:
     if not active.settings.tracking and "XPKIT_TRACKING" not in os.environ:
         return None
     try:
-        from ._mlflow import begin_run
+        from ._mlflow_live import begin_run
 
         return begin_run(stage, active.run, active.settings)
     except Exception as e:
