@@ -266,6 +266,7 @@ def test_stage_with_logger_syncs_before_returning(
         mlflow.log_text(str(run.locals["total"]), "total.txt")
 
     main()
+    assert os.environ["MLFLOW_TRACKING_URI"] == store  # the fluent API's URI is restored
     run = main.last
     assert run is not None
     (ml,) = runs_tagged(store, "with_logger", run.id)
@@ -486,3 +487,13 @@ def test_tracking_false_in_pyproject_switches_automatic_logging_off(
     assert called == []
     assert runs_tagged(store, "untracked", main.last.id) == []
     assert not main.last.paths.mlflow_state.exists()
+
+
+def test_loggers_leave_the_fluent_tracking_uri_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pointing the fluent API at the store for loggers neither keeps nor sets the URI."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with _mlflow.fluent_uri(mlflow, "sqlite:////elsewhere/mlflow.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:////elsewhere/mlflow.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before

@@ -602,10 +602,11 @@ class Syncer:
     def _apply_loggers(self, run: Run, run_id: str, loggers: Sequence[Callable[..., Any]]) -> None:
         mlflow = self.mlflow
         errors: list[BaseException] = []
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
         try:
-            with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            with (
+                fluent_uri(mlflow, self.uri),
+                mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+            ):
                 for fn in loggers:
                     try:
                         fn(run, mlflow)
@@ -616,10 +617,31 @@ class Syncer:
                         )
                         errors.append(e)
         finally:
-            mlflow.set_tracking_uri(previous)
             self._set_status(run_id, run.lock)  # start_run/end_run changed status and end time
         if errors:
             raise errors[0]
+
+
+@contextlib.contextmanager
+def fluent_uri(mlflow: Any, uri: str) -> Iterator[None]:
+    """Point mlflow's fluent API at ``uri``, then restore it exactly as it was.
+
+    ``mlflow.set_tracking_uri`` also sets the ``MLFLOW_TRACKING_URI`` environment variable,
+    so both the module's URI and the variable are restored (or removed).
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    old_uri = getattr(utils, "_tracking_uri", None)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_uri)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
 def _diff_params(
