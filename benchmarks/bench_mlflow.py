@@ -83,6 +83,8 @@ def naive(run_dirs: list[Path], uri: str) -> float:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    artifacts = Path(uri[len("sqlite:///") :]).parent / "mlartifacts"  # not ./mlruns of the cwd
+    mlflow.create_experiment("train", artifact_location=artifacts.as_uri())
     mlflow.set_experiment("train")
     t = time.perf_counter()
     for run_dir in run_dirs:
