@@ -24,6 +24,8 @@ def _isolated(
     for key, value in _GIT_IDENTITY.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("XPKIT_ROOT", raising=False)
+    # no automatic MLflow sync (a background import and store per run); MLflow tests opt in
+    monkeypatch.setenv("XPKIT_TRACKING", "0")
     # the data hash cache defaults to ~/.cache; keep the suite's out of the user's
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
     clear_settings_cache()

@@ -96,7 +96,7 @@ class Kernel:
     """A real ipykernel and a client sending execute requests."""
 
     def __init__(self, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        env = {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_TRACKING": "0"}
         env.pop("XPKIT_ROOT", None)
         self.manager = jupyter_client.KernelManager(kernel_name="python3")
         self.manager.start_kernel(cwd=str(cwd), env=env)

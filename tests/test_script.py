@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC)}
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_TRACKING": "0"}
 ENV.pop("XPKIT_ROOT", None)
 
 SCRIPT = """

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ._context import current, get_logger, log_metrics, track_data, use_run
 from ._data import diff_manifests, load_manifest
 from ._hashing import HashRecord, hash_path
+from ._mlflow import sync_run, sync_runs
 from ._run import Run
 from ._runs import Runs, runs
 from ._script import run
@@ -38,6 +39,8 @@ __all__ = [
     "run",
     "runs",
     "stage",
+    "sync_run",
+    "sync_runs",
     "track_data",
     "use_run",
 ]

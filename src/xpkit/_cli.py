@@ -29,12 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "hash": ("xpkit._hash_cli:hash_command", "xxh3-128 hashes of files and directories (cached)"),
     "lineage": ("xpkit._browse_cli:lineage_command", "the tree of upstream runs of a run"),
+    "log": ("xpkit._mlflow_cli:log_command", "sync runs into MLflow and re-apply stage loggers"),
     "ls": ("xpkit._browse_cli:ls_command", "list runs with varying config keys and metrics"),
     "pull": ("xpkit._store_cli:pull_command", "bring a run's lineage (runs + code) from a store"),
     "push": ("xpkit._store_cli:push_command", "copy runs' whole lineage (runs + code) to a store"),
     "show": ("xpkit._browse_cli:show_command", "one run: summary, config, data, lineage, error"),
     "store": ("xpkit._store_cli:store_command", "inspect a store: xp store ls"),
     "tasks": ("xpkit._tasks_cli:main", "progress of a mapped run: done, failed, left, Slurm jobs"),
+    "ui": ("xpkit._mlflow_cli:ui_command", "serve the MLflow UI of the project on 127.0.0.1"),
 }
 
 

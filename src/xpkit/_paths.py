@@ -47,6 +47,16 @@ class RunPaths:
         return self.xpkit_dir / "manifests"
 
     @property
+    def mlflow_state(self) -> Path:
+        """``.xpkit/mlflow.json``: per tracking store, the MLflow run id and the sync cursor."""
+        return self.xpkit_dir / "mlflow.json"
+
+    @property
+    def mlflow_log(self) -> Path:
+        """``.xpkit/mlflow.log``: output of the detached process syncing the run at its end."""
+        return self.xpkit_dir / "mlflow.log"
+
+    @property
     def tasks(self) -> Path:
         """``tasks/``: task bookkeeping of a mapped run."""
         return self.dir / "tasks"

@@ -168,7 +168,12 @@ class Stage(Generic[R]):
         plan = dataclasses.replace(plan, config=cfg)
         active = _start(plan, run_dir, recorders, argv, run_id=run_id, extra=extra or {})
         self.last = active.run
-        return _body(active, recorders, body or _call_fn, fds=fds)
+        tracking = _begin_tracking(self, active)
+        try:
+            return _body(active, recorders, body or _call_fn, fds=fds)
+        finally:
+            if tracking is not None:
+                tracking.end()  # final MLflow sync and the stage's loggers; never raises
 
     def map(
         self,
@@ -288,6 +293,38 @@ def _plan(stage: Stage[Any], cfg: DictConfig, settings: Settings, started: Any) 
     return RunPlan(stage=stage, config=probe, settings=settings, started=started)
 
 
+def _begin_tracking(stage: Stage[Any], active: ActiveRun) -> Any:
+    """Start the MLflow sync of a run when tracking is on (mlflow is imported later, lazily)."""
+    if not active.settings.tracking and "XPKIT_TRACKING" not in os.environ:
+        return None
+    try:
+        from ._mlflow_live import begin_run
+
+        return begin_run(stage, active.run, active.settings)
+    except Exception as e:
+        active.logger.warning("MLflow tracking disabled for this run: %s: %s", type(e).__name__, e)
+        return None
+
+
+def _entry(stage: Stage[Any], settings: Settings) -> dict[str, str]:
+    """Where the stage is defined (module, attribute, file), for ``xp log`` to import it."""
+    fn = stage.fn
+    module_name = getattr(fn, "__module__", None) or ""
+    module = sys.modules.get(module_name)
+    name = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", ""))
+    for attr, value in vars(module).items() if module is not None else ():
+        if isinstance(value, Stage) and value.fn is fn:
+            name = attr
+            break
+    code = getattr(fn, "__code__", None)
+    file = getattr(module, "__file__", None) or getattr(code, "co_filename", None)
+    return {
+        "module": module_name,
+        "qualname": name,
+        "file": settings.relative(file) if file else "",
+    }
+
+
 def _start(
     plan: RunPlan,
     run_dir: Path,
@@ -309,7 +346,7 @@ def _start(
         host=hostname(),
         argv=tuple(sys.argv if argv is None else argv),
         config=config,
-        extra=dict(extra),
+        extra={**dict(extra), "entry": _entry(plan.stage, plan.settings)},
     )
     logger = make_logger(plan.stage.name, lock.id)
     active = ActiveRun(plan=plan, run=Run(run_dir), lock=lock, recorders=recorders, logger=logger)

@@ -17,6 +17,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── StoreError (RuntimeError)         push / pull to a store failed
     │   └── UnsafePathError (ValueError)  a store entry would write outside the project
     ├── TaskError (RuntimeError)          a mapped run's bookkeeping is inconsistent
+    ├── StageImportError (ImportError)    a stage recorded in run.lock cannot be imported
     └── NotInRunError (RuntimeError)      a run-only function was called outside a run
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "NotInRunError",
     "RunNotFoundError",
     "SettingsError",
+    "StageImportError",
     "StoreError",
     "TaskError",
     "UnsafePathError",
@@ -96,6 +98,10 @@ class UnsafePathError(StoreError, ValueError):
 
 class TaskError(XpkitError, RuntimeError):
     """The task bookkeeping of a mapped run is inconsistent."""
+
+
+class StageImportError(XpkitError, ImportError):
+    """The stage that made a run (run.lock ``entry``, or ``--stage``) cannot be imported."""
 
 
 class NotInRunError(XpkitError, RuntimeError):

@@ -1,0 +1,499 @@
+"""MLflow sync against a real SQLite tracking store (one store for the whole module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import xpkit as xp
+from xpkit import _mlflow, _mlflow_live
+from xpkit._mlflow import mlflow_key, sync_run, tracking_uri
+from xpkit._run import Run
+from xpkit._settings import clear_settings_cache
+
+mlflow = pytest.importorskip("mlflow")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One migrated SQLite store per module (a fresh one costs seconds)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def project(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project directory as cwd, tracking into the module's store, automatic sync off."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("XPKIT_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("XPKIT_TRACKING", "0")
+    clear_settings_cache()
+    yield root
+    clear_settings_cache()
+
+
+def client(store: str) -> Any:
+    return mlflow.MlflowClient(tracking_uri=store)
+
+
+def runs_tagged(store: str, stage: str, run_id: str) -> list[Any]:
+    c = client(store)
+    exp = c.get_experiment_by_name(stage)
+    if exp is None:
+        return []
+    return list(c.search_runs([exp.experiment_id], f"tags.`xpkit.run_id` = '{run_id}'"))
+
+
+def history(store: str, mlflow_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(store).get_metric_history(mlflow_id, key))
+
+
+def env_for(project: Path, store: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "XPKIT_ROOT": str(project),
+        "MLFLOW_TRACKING_URI": store,
+        **extra,
+    }
+
+
+LONG_KEY = "k" * 300
+
+
+def test_sync_twice_makes_one_mlflow_run_with_exact_params_tags_metrics(
+    project: Path, store: str
+) -> None:
+    """Syncing twice (and once more without the cursor) keeps one run and no duplicate point."""
+    defaults = {"opt": {"lr": 0.1, "name": "adam"}, "blob": "x" * 7000, "a@b": 1, LONG_KEY: 2}
+
+    @xp.stage(name="sync_twice", src=False)
+    def main(cfg: Any = defaults) -> None:
+        for step in range(3):
+            xp.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        xp.log_metrics({"acc": 0.5})  # no step: numbered per metric
+        xp.log_metrics({"acc": 0.7})
+        xp.log_metrics({"odd": float("inf")}, step=0)
+        xp.log_metrics({"odd": float("nan")}, step=1)
+
+    main()
+    run = main.last
+    assert run is not None
+    first = sync_run(run)
+    assert sync_run(run) == first
+    run.paths.mlflow_state.unlink()  # cursor lost: the points in MLflow are read back
+    assert sync_run(run) == first
+
+    found = runs_tagged(store, "sync_twice", run.id)
+    assert [r.info.run_id for r in found] == [first]
+    ml = found[0]
+    params = ml.data.params
+    assert params["opt.lr"] == "0.1"
+    assert params["opt.name"] == "adam"
+    assert params["a_b"] == "1"
+    assert len(params["blob"]) == 6000
+    assert params["blob"].endswith("...[truncated, 7000 chars]")
+    assert params[mlflow_key(LONG_KEY)] == "2"
+    assert len(mlflow_key(LONG_KEY)) == 250
+    assert ml.data.tags["xpkit.stage"] == "sync_twice"
+    assert ml.data.tags["xpkit.status"] == "completed"
+    assert ml.data.tags["mlflow.runName"] == run.dir.name
+    assert ml.data.tags["xpkit.env.python"]
+    assert ml.info.status == "FINISHED"
+    assert history(store, first, "loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    assert history(store, first, "acc") == [(0, 0.5), (1, 0.7)]
+    assert len(history(store, first, "odd")) == 2
+    names = sorted(a.path for a in client(store).list_artifacts(first))
+    assert names == ["config.yaml", "run.lock", "run.log"]
+
+
+def test_changed_param_value_becomes_a_conflict_tag(project: Path, store: str) -> None:
+    """A param value that changed in run.lock is tagged, not re-sent, and the sync succeeds."""
+
+    @xp.stage(name="conflict", src=False)
+    def main(cfg: Any = {"lr": 0.1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main()
+    run = main.last
+    assert run is not None
+    first = sync_run(run)
+    text = run.paths.lock.read_text().replace("lr: 0.1", "lr: 0.2")
+    run.paths.lock.write_text(text)
+    assert sync_run(run) == first
+    ml = client(store).get_run(first)
+    assert ml.data.params["lr"] == "0.1"
+    assert ml.data.tags["xpkit.param_conflict.lr"] == "0.2"
+
+
+def test_running_run_gets_its_final_status_and_points_later(project: Path, store: str) -> None:
+    """A run synced while running shows RUNNING, then FINISHED with its end time and new points."""
+    seen: dict[str, Any] = {}
+
+    @xp.stage(name="running_then_done", src=False)
+    def main(cfg: Any = {"n": 2}) -> None:  # noqa: B006 - a mapping default is the config
+        xp.log_metrics({"loss": 1.0}, step=0)
+        seen["id"] = sync_run(xp.current())
+        seen["status"] = client(store).get_run(seen["id"]).info.status
+        xp.log_metrics({"loss": 0.5}, step=1)
+
+    main()
+    run = main.last
+    assert run is not None
+    assert seen["status"] == "RUNNING"
+    assert history(store, seen["id"], "loss") == [(0, 1.0)]
+    assert sync_run(run) == seen["id"]
+    info = client(store).get_run(seen["id"]).info
+    assert info.status == "FINISHED"
+    assert info.end_time == _mlflow._ms(run.reload().lock.ended)
+    assert history(store, seen["id"], "loss") == [(0, 1.0), (1, 0.5)]
+
+
+def test_failed_run_is_failed_in_mlflow_with_its_error(project: Path, store: str) -> None:
+    """A failed run syncs as FAILED with its error as a tag."""
+
+    @xp.stage(name="fails", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        main()
+    assert main.last is not None
+    ml = client(store).get_run(sync_run(main.last))
+    assert ml.info.status == "FAILED"
+    assert ml.data.tags["xpkit.error"] == "ValueError: bad batch"
+
+
+STAGE_SCRIPT = """
+from pathlib import Path
+import xpkit as xp
+
+@xp.stage(name="{name}", src=False)
+def main(cfg: dict = {{"n": 0}}):
+    with Path("counter.txt").open("a") as f:
+        f.write("ran\\n")
+    xp.log_metrics({{"n": cfg["n"]}}, step=0)
+
+if __name__ == "__main__":
+    with Path("counter.txt").open("a") as f:
+        f.write("main block\\n")
+    xp.run(main)
+"""
+
+LOGGER = """
+@main.logger
+def log_more(run, mlflow):
+    mlflow.log_text(f"n={{run.config.n}}", "{artifact}")
+"""
+
+
+def test_logger_added_later_is_applied_to_every_past_run_without_rerunning(
+    project: Path, store: str
+) -> None:
+    """`xp log` applies a new (then a changed) logger to 5 past runs; the body never runs again."""
+    script = project / "later.py"
+    script.write_text(textwrap.dedent(STAGE_SCRIPT.format(name="later")))
+    sys.path.insert(0, str(project))
+    try:
+        import later  # type: ignore[import-not-found]
+
+        for n in range(5):
+            later.main(n=n)
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop("later", None)
+    assert (project / "counter.txt").read_text() == "ran\n" * 5
+    runs = [Run(d) for d in sorted((project / "results" / "later").glob("2*"))]
+    assert len(runs) == 5
+
+    for artifact in ("extra.txt", "extra2.txt"):
+        script.write_text(
+            textwrap.dedent(STAGE_SCRIPT.format(name="later"))
+            + textwrap.dedent(LOGGER.format(artifact=artifact))
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "xpkit", "log", "results/later"],
+            cwd=project,
+            env=env_for(project, store),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        for run in runs:
+            (ml,) = runs_tagged(store, "later", run.id)
+            files = {a.path for a in client(store).list_artifacts(ml.info.run_id)}
+            assert artifact in files
+            assert ml.info.status == "FINISHED"
+            assert ml.info.end_time == _mlflow._ms(run.lock.ended)
+            assert history(store, ml.info.run_id, "n") == [(0, float(run.lock.config["n"]))]
+    assert (project / "counter.txt").read_text() == "ran\n" * 5
+
+
+def test_stage_with_logger_syncs_before_returning(
+    project: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tracking on, a stage's logger runs right after the run, with the run's locals."""
+    monkeypatch.setenv("XPKIT_TRACKING", "1")
+
+    @xp.stage(name="with_logger", src=False)
+    def main(cfg: Any = {"n": 3}) -> None:  # noqa: B006 - a mapping default is the config
+        total = cfg.n * 2  # noqa: F841 - read by the logger through run.locals
+        xp.log_metrics({"loss": 0.25}, step=0)
+
+    @main.logger
+    def log_total(run: Run, mlflow: Any) -> None:
+        assert run.locals is not None
+        mlflow.log_text(str(run.locals["total"]), "total.txt")
+
+    main()
+    assert os.environ["MLFLOW_TRACKING_URI"] == store  # the fluent API's URI is restored
+    run = main.last
+    assert run is not None
+    (ml,) = runs_tagged(store, "with_logger", run.id)
+    text = mlflow.artifacts.load_text(f"{ml.info.artifact_uri}/total.txt")
+    assert text == "6"
+    assert ml.info.status == "FINISHED"
+    assert history(store, ml.info.run_id, "loss") == [(0, 0.25)]
+
+
+def test_live_sync_pushes_points_while_the_run_runs(
+    project: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background syncer shows a running run's points in MLflow before it ends."""
+    monkeypatch.setenv("XPKIT_TRACKING", "1")
+    monkeypatch.setattr(_mlflow_live, "LIVE_DELAY_S", 0.1)
+    monkeypatch.setattr(_mlflow_live, "LIVE_INTERVAL_S", 0.2)
+    seen: dict[str, Any] = {}
+
+    @xp.stage(name="live", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        run_id = xp.current().id
+        xp.log_metrics({"loss": 1.0}, step=0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not seen:
+            for ml in runs_tagged(store, "live", run_id):
+                if history(store, ml.info.run_id, "loss"):
+                    seen["status"] = ml.info.status
+            time.sleep(0.1)
+        xp.log_metrics({"loss": 0.5}, step=1)
+
+    main()
+    assert seen == {"status": "RUNNING"}
+    assert _mlflow_live._tracker().drain(30)  # the final sync is done in the background
+    run = main.last
+    assert run is not None
+    (ml,) = runs_tagged(store, "live", run.id)
+    assert ml.info.status == "FINISHED"
+    assert history(store, ml.info.run_id, "loss") == [(0, 1.0), (1, 0.5)]
+
+
+def test_script_run_is_synced_by_a_detached_process(project: Path, store: str) -> None:
+    """A short script exits at once; a detached `xp log` syncs its run shortly after."""
+    (project / "quick.py").write_text(textwrap.dedent(STAGE_SCRIPT.format(name="quick")))
+    done = subprocess.run(
+        [sys.executable, "quick.py", "n=4"],
+        cwd=project,
+        env=env_for(project, store, XPKIT_TRACKING="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    run = Run(project / "results" / "quick" / "latest")
+    deadline = time.monotonic() + 60
+    found: list[Any] = []
+    while time.monotonic() < deadline and not (found and found[0].info.status == "FINISHED"):
+        time.sleep(0.3)
+        found = runs_tagged(store, "quick", run.id)
+    assert [r.info.status for r in found] == ["FINISHED"]
+    assert history(store, found[0].info.run_id, "n") == [(0, 4.0)]
+
+
+def test_tracking_uri_defaults_to_a_sqlite_file_under_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without MLFLOW_TRACKING_URI, the store is results/mlflow.db of the project."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    clear_settings_cache()
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    (tmp_path / "pyproject.toml").write_text('[tool.xpkit]\ntracking_uri = "http://h:5000"\n')
+    clear_settings_cache()
+    assert tracking_uri() == "http://h:5000"
+
+
+def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without mlflow installed, syncing says which extra to install."""
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r"xpkit\[mlflow\]"):
+        _mlflow.import_mlflow()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_xp_ui_serves_the_synced_runs_on_localhost(project: Path, store: str) -> None:
+    """`xp ui` answers the MLflow REST API on 127.0.0.1 with the synced runs."""
+
+    @xp.stage(name="ui_stage", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main()
+    assert main.last is not None
+    mlflow_id = sync_run(main.last)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "xpkit", "ui", "--port", str(port)],
+        cwd=project,
+        env=env_for(project, store),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        exp = _poll_json(f"{base}/experiments/get-by-name?experiment_name=ui_stage", server)
+        body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode()
+        request = urllib.request.Request(
+            f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.load(response)["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [mlflow_id]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + 90  # the server starts in ~20 s, more on a busy machine
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.5)
+
+
+def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
+    """RUN is a run directory, a directory of runs, or a unique id prefix."""
+    from xpkit._mlflow_cli import find_runs
+    from xpkit._settings import load_settings
+    from xpkit.errors import RunNotFoundError
+
+    @xp.stage(name="finding", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    made = []
+    for _ in range(3):
+        main()
+        assert main.last is not None
+        made.append(main.last)
+    settings = load_settings()
+    assert {r.dir for r in find_runs(["results/finding"], settings)} == {r.dir for r in made}
+    assert [r.dir for r in find_runs([str(made[1].dir)], settings)] == [made[1].dir]
+    assert [r.dir for r in find_runs([made[2].id[:8]], settings)] == [made[2].dir]
+    with pytest.raises(RunNotFoundError, match="zzz"):
+        find_runs(["zzz"], settings)
+
+
+def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:
+    """run.lock records the stage's module and file; importing it skips the main block."""
+    from xpkit._mlflow_cli import load_stage, stage_of_run
+    from xpkit._settings import load_settings
+
+    (project / "entry_stage.py").write_text(textwrap.dedent(STAGE_SCRIPT.format(name="entry")))
+    done = subprocess.run(
+        [sys.executable, "entry_stage.py"],
+        cwd=project,
+        env=env_for(project, "unused", XPKIT_TRACKING="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    run = Run(project / "results" / "entry" / "latest")
+    assert run.lock.extra["entry"] == {
+        "module": "__main__",
+        "qualname": "main",
+        "file": "entry_stage.py",
+    }
+    settings = load_settings()
+    try:
+        assert stage_of_run(run, settings).name == "entry"
+        assert load_stage("entry_stage.py:main", settings).name == "entry"
+    finally:
+        sys.modules.pop("entry_stage", None)
+    assert (project / "counter.txt").read_text() == "main block\nran\n"
+
+
+def test_import_xpkit_does_not_import_mlflow() -> None:
+    """`import xpkit` stays light: mlflow is imported only when syncing."""
+    code = "import sys, xpkit; print('mlflow' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_tracking_false_in_pyproject_switches_automatic_logging_off(
+    project: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `tracking = false`, a run is neither synced nor logged by its loggers."""
+    monkeypatch.delenv("XPKIT_TRACKING")
+    (project / "pyproject.toml").write_text("[tool.xpkit]\ntracking = false\n")
+    clear_settings_cache()
+    called: list[Run] = []
+
+    @xp.stage(name="untracked", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main.logger(lambda run, mlflow: called.append(run))
+    main()
+    assert main.last is not None
+    assert called == []
+    assert runs_tagged(store, "untracked", main.last.id) == []
+    assert not main.last.paths.mlflow_state.exists()
+
+
+def test_loggers_leave_the_fluent_tracking_uri_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pointing the fluent API at the store for loggers neither keeps nor sets the URI."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with _mlflow.fluent_uri(mlflow, "sqlite:////elsewhere/mlflow.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:////elsewhere/mlflow.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before
