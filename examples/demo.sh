@@ -19,10 +19,14 @@ run() { say "$*"; "$@"; }
 run python prepare.py
 run python train.py lr=0.05
 run python train.py --experiment fast
+run python train.py --sweep lr=0.01,0.1 epochs=20,60 --backend joblib --jobs 2
 run python evaluate.py
-run xp ls
+run xp ls results/train --sort -metrics.train_mse
+run xp ls --where 'config.lr >= 0.1' --format csv
+run xp show results/evaluate/latest
 run xp lineage results/evaluate/latest
 run xp diff results/train/latest "$(ls -d results/train/2* | head -n 1)"
+run xp hash data
 run xp log
 echo
 echo "demo project: $dest  (try: cd $dest && xp ui)"
