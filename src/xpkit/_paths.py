@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunPaths", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["RunPaths", "atomic_write_bytes", "atomic_write_text", "display_path"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def display_path(path: Path) -> str:
+    """``path`` as the user's code sees it: relative to the working directory when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
