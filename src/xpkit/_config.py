@@ -25,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from ._lock import load_yaml
 from .errors import ConfigError
 
 __all__ = [
@@ -106,7 +107,7 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
         msg = f"config file {p}: {e.strerror}"
         raise ConfigError(msg) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         msg = f"malformed YAML in {p}{yaml_error_where(e)}"
         raise ConfigError(msg) from None

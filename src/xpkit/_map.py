@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import _tasks
 from ._context import ActiveRun, RunPlan, make_logger
-from ._lock import RunLock, new_run_id
+from ._lock import RunLock, load_yaml, new_run_id
 from ._paths import RunPaths, atomic_write_text
 from ._run import Run
 from ._settings import Settings
@@ -684,7 +684,7 @@ def _yaml_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return load_yaml(text) if text.strip() else text
     except yaml.YAMLError:
         return text
 
@@ -726,7 +726,7 @@ def read_tasks_file(path: str | os.PathLike[str]) -> list[Any]:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as e:
             msg = f"--tasks {p}: invalid YAML/JSON: {getattr(e, 'problem', e)}"
             raise TaskError(msg) from None

@@ -41,7 +41,7 @@ import xxhash
 import yaml
 
 from ._bundles import COMMIT, CodeReport, has_git, pull_code, push_code
-from ._lock import RunLock, load_lock
+from ._lock import RunLock, load_lock, load_yaml
 from ._run import Run
 from ._runs import resolve_run
 from ._settings import Settings, load_settings
@@ -563,7 +563,7 @@ def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
         msg = f"run.lock of run {run_id} in store {st.url} is missing or does not match its hash"
         raise StoreError(msg)
     try:
-        parsed = yaml.safe_load(data)
+        parsed = load_yaml(data)
     except yaml.YAMLError:
         parsed = None
     if not isinstance(parsed, dict):
