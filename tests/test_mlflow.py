@@ -403,7 +403,7 @@ def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
 
 def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
     """RUN is a run directory, a directory of runs, or a unique id prefix."""
-    from xpkit._mlflow_cli import find_runs
+    from xpkit._runs import resolve_runs
     from xpkit._settings import load_settings
     from xpkit.errors import RunNotFoundError
 
@@ -417,11 +417,13 @@ def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path
         assert main.last is not None
         made.append(main.last)
     settings = load_settings()
-    assert {r.dir for r in find_runs(["results/finding"], settings)} == {r.dir for r in made}
-    assert [r.dir for r in find_runs([str(made[1].dir)], settings)] == [made[1].dir]
-    assert [r.dir for r in find_runs([made[2].id[:8]], settings)] == [made[2].dir]
+    assert {r.dir for r in resolve_runs(["results/finding"], settings=settings)} == {
+        r.dir for r in made
+    }
+    assert [r.dir for r in resolve_runs([str(made[1].dir)], settings=settings)] == [made[1].dir]
+    assert [r.dir for r in resolve_runs([made[2].id[:8]], settings=settings)] == [made[2].dir]
     with pytest.raises(RunNotFoundError, match="zzz"):
-        find_runs(["zzz"], settings)
+        resolve_runs(["zzz"], settings=settings)
 
 
 def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:

@@ -17,7 +17,7 @@ import yaml
 import xpkit as xp
 from xpkit._lock import dump_yaml
 from xpkit._runindex import read_head
-from xpkit._runs import resolve_run
+from xpkit._runs import resolve_run, resolve_runs
 from xpkit._settings import clear_settings_cache
 from xpkit.errors import AmbiguousRunError, ExpressionError, RunNotFoundError
 
@@ -226,6 +226,23 @@ def test_resolve_run_ambiguous_and_unknown(pipeline: ModuleType) -> None:
         resolve_run("zzzz")
     with pytest.raises(RunNotFoundError, match="not a run directory"):
         resolve_run("results")
+
+
+def test_resolve_runs_takes_a_stage_directory_as_all_its_runs(pipeline: ModuleType) -> None:
+    """A directory of runs means every run below it; runs named twice come once."""
+    trains = resolve_runs(["results/train", pipeline.train.last.id[:8]])
+    assert sorted(r.config.lr for r in trains) == sorted(LRS)
+    Path("results/empty").mkdir()
+    with pytest.raises(RunNotFoundError, match="no run directory"):
+        resolve_runs([Path("results/empty")])
+
+
+def test_mlflow_artifact_copies_are_not_runs(pipeline: ModuleType) -> None:
+    """The run.lock copies MLflow keeps under results/mlartifacts/ are not listed as runs."""
+    copy = Path("results/mlartifacts/1/abc/artifacts")
+    copy.mkdir(parents=True)
+    copy.joinpath("run.lock").write_text(pipeline.prepare.last.paths.lock.read_text())
+    assert len(xp.runs()) == 2 + len(LRS)
 
 
 def test_bad_locks_are_skipped_and_described(pipeline: ModuleType) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
-from pathlib import Path
 from typing import Any
 
 from . import _tasks
 from ._lock import RunLock
 from ._paths import RunPaths
-from .errors import RunNotFoundError
+from ._runs import resolve_run
 
 __all__ = ["main"]
 
@@ -28,7 +26,7 @@ def main(argv: list[str]) -> int:
         "--interval", type=float, default=5.0, metavar="S", help="seconds between --wait polls"
     )
     options = parser.parse_args(argv)
-    paths = RunPaths(_run_dir(options.run))
+    paths = RunPaths(resolve_run(options.run).dir.resolve())
     lock = _tasks.load_map_lock(paths)
     total = len(_tasks.read_todo(paths))
     scanner = _tasks.DoneScanner(paths, total)
@@ -45,18 +43,6 @@ def main(argv: list[str]) -> int:
         time.sleep(options.interval)
     print(_report(paths, lock, state, states, failed=options.failed))
     return 0 if lock.status in ("completed", "running") else 1
-
-
-def _run_dir(arg: str) -> Path:
-    path = Path(arg)
-    if (path / "run.lock").is_file():
-        return path.resolve()
-    try:  # run id prefixes, ``latest``... when the browsing module is there
-        runs = importlib.import_module("xpkit._runs")
-    except ImportError:
-        msg = f"{arg} is not a run directory (no run.lock)"
-        raise RunNotFoundError(msg) from None
-    return Path(runs.resolve_run(arg).dir)
 
 
 def _job_states(lock: RunLock) -> dict[str, str]:
