@@ -33,7 +33,7 @@ from . import _tasks
 from ._context import ActiveRun, RunPlan, make_logger
 from ._lock import RunLock, load_yaml, new_run_id
 from ._paths import RunPaths, atomic_write_text
-from ._run import Run
+from ._run import Run, process_alive
 from ._settings import Settings
 from .errors import ConfigError, TaskError, missing_extra
 
@@ -138,17 +138,7 @@ def _still_running(lock: RunLock) -> bool:
         from ._slurm import job_states, unfinished
 
         return bool(unfinished(job_states([str(j) for j in jobs])))
-    import socket
-
-    if lock.host != socket.gethostname() or lock.pid is None:
-        return False
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return lock.pid != os.getpid()
+    return bool(process_alive(lock)) and lock.pid != os.getpid()
 
 
 def _who(lock: RunLock) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from . import _tasks
 from ._lock import RunLock
 from ._paths import RunPaths
+from ._run import process_alive
 from ._runs import resolve_run
 
 __all__ = ["main"]
@@ -59,7 +60,7 @@ def _end_if_abandoned(
 ) -> None:
     """End a run nobody else will end: its Slurm jobs are gone, or its process is dead."""
     if (lock.tasks or {}).get("backend") != "slurm":
-        if not _process_alive(lock):
+        if process_alive(lock) is False:
             _tasks.finalize(paths, state, force=True)
         return
     from ._slurm import unfinished
@@ -69,21 +70,6 @@ def _end_if_abandoned(
     elif states and not unfinished(states):
         time.sleep(1)  # a worker may be writing its last records
         _tasks.finalize(paths, _tasks.scan_done(paths, state.total), force=True)
-
-
-def _process_alive(lock: RunLock) -> bool:
-    import os
-    import socket
-
-    if lock.host != socket.gethostname() or lock.pid is None:
-        return True  # cannot tell from here
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _progress_line(state: _tasks.TaskState) -> str:
