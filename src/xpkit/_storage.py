@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from ._paths import atomic_path
 from ._settings import Settings
 from .errors import StoreError, UnsafePathError, missing_extra
 
@@ -222,17 +223,10 @@ class LocalStore:
         with self._writing(key) as tmp:
             shutil.copyfile(local, tmp)
 
-    @contextlib.contextmanager
-    def _writing(self, key: str) -> Any:
+    def _writing(self, key: str) -> contextlib.AbstractContextManager[Path]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.xpkit-tmp")
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        return atomic_path(path)
 
     def get_file(self, key: str, local: Path) -> None:
         shutil.copyfile(self._path(key), local)
