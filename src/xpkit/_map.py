@@ -33,6 +33,7 @@ from . import _tasks
 from ._context import ActiveRun, RunPlan, make_logger
 from ._lock import RunLock, load_yaml, new_run_id
 from ._paths import RunPaths, atomic_write_text
+from ._progress import ProgressBar
 from ._run import Run, process_alive
 from ._settings import Settings
 from .errors import ConfigError, TaskError, missing_extra
@@ -455,35 +456,29 @@ class _Progress:
         self._total = total
         self._done = 0
         self._next_log = 0.1
-        self._bar: Any = None
-        if terminal is not None and total > 1:
-            self._bar = _rich_bar(terminal, total)
+        self._stream = (
+            os.fdopen(os.dup(terminal), "w") if terminal is not None and total > 1 else None
+        )
+        self._bar = ProgressBar(
+            "tasks",
+            total=total,
+            enabled=self._stream is not None,
+            stream=self._stream,
+            transient=False,
+        )
+        self._bar.start()
 
     def advance(self, n: int) -> None:
         self._done += n
-        if self._bar is not None:
-            self._bar[0].update(self._bar[1], completed=self._done)
+        self._bar.update(completed=self._done)
         if self._total >= 20 and self._done / self._total >= self._next_log - 1e-9:
             self._logger.info("tasks: %d of %d run", self._done, self._total)
             self._next_log = math.floor(self._done / self._total * 10 + 1) / 10
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar[0].stop()
-            self._bar[2].close()
-
-
-def _rich_bar(terminal: int, total: int) -> Any:
-    try:
-        from rich.console import Console
-        from rich.progress import Progress
-    except ImportError:
-        return None
-    stream = os.fdopen(os.dup(terminal), "w")
-    progress = Progress(console=Console(file=stream, force_terminal=True), transient=False)
-    task = progress.add_task("tasks", total=total)
-    progress.start()
-    return progress, task, stream
+        self._bar.stop()
+        if self._stream is not None:
+            self._stream.close()
 
 
 # --- sweeps ---------------------------------------------------------------------------------

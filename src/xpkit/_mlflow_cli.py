@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._lock import load_lock
+from ._progress import ProgressBar
 from ._run import Run
 from ._runs import find_run_dirs, resolve_runs
 from ._settings import Settings, load_settings
@@ -176,7 +177,7 @@ def _stage_name(run: Run) -> str | None:
 def _log_runs(
     runs: list[Run], settings: Settings, *, forced: Any, loggers: bool, quiet: bool
 ) -> int:
-    from ._mlflow import Syncer, progress_bar, tracking_uri
+    from ._mlflow import Syncer, tracking_uri
 
     def say(text: str) -> None:
         print(f"xp log: {text}", file=sys.stderr)
@@ -193,7 +194,8 @@ def _log_runs(
             failed += 1
             say(f"loggers of stage {stage!r} not applied: {problem}")
     created = points = 0
-    with progress_bar(len(good), enabled=None if not quiet else False, what="xp log") as advance:
+    shown = None if len(good) > 1 and not quiet else False
+    with ProgressBar("xp log", total=len(good), enabled=shown) as bar:
         for run in good:
             fns = stage_loggers.get(run.stage, ([], None))[0]
             try:
@@ -203,7 +205,7 @@ def _log_runs(
             except Exception as e:
                 failed += 1
                 say(f"{run.dir}: {type(e).__name__}: {e}")
-            advance()
+            bar.advance()
     if not quiet:
         say(
             f"synced {len(good)} run(s) ({created} new, {points} metric points) "

@@ -18,7 +18,6 @@ import itertools
 import os
 import secrets
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from .errors import StoreError, UnsafePathError, missing_extra
 
 __all__ = [
     "LocalStore",
-    "Progress",
     "Store",
     "link_target",
     "open_store",
@@ -116,52 +114,6 @@ def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=_JOBS, thread_name_prefix="xpkit-store") as pool:
         return list(pool.map(fn, items))
-
-
-class Progress:
-    """A rich progress bar in bytes, on a terminal only; a no-op otherwise."""
-
-    def __init__(self, enabled: bool | None, description: str) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            with contextlib.suppress(ImportError):
-                from rich.progress import (
-                    BarColumn,
-                    DownloadColumn,
-                    Progress,
-                    TextColumn,
-                    TransferSpeedColumn,
-                )
-
-                self._bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    transient=True,
-                )
-                self._task = self._bar.add_task(description, total=0)
-
-    def __enter__(self) -> Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def grow(self, nbytes: int) -> None:
-        if self._bar is not None:
-            task = self._bar.tasks[0]
-            self._bar.update(self._task, total=(task.total or 0) + nbytes)
-
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, nbytes)
 
 
 class Store(Protocol):
