@@ -456,20 +456,6 @@ def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> No
     assert (project / "counter.txt").read_text() == "main block\nran\n"
 
 
-def test_import_xpkit_does_not_import_mlflow() -> None:
-    """`import xpkit` stays light: mlflow is imported only when syncing."""
-    code = "import sys, xpkit; print('mlflow' in sys.modules)"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.strip() == "False"
-
-
 def test_tracking_false_in_pyproject_switches_automatic_logging_off(
     project: Path, store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
