@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import xpkit
+from helpers import SRC
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "sqlite3", "IPython", "numpy")
 
 

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 
 import xpkit as xp
+from helpers import SRC
 from xpkit import _mlflow, _mlflow_live
 from xpkit._mlflow import mlflow_key, sync_run, tracking_uri
 from xpkit._run import Run
 from xpkit._settings import clear_settings_cache
 
 mlflow = pytest.importorskip("mlflow")
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 import xpkit as xp
+from helpers import import_project
 from xpkit._lock import dump_yaml
 from xpkit._runindex import read_head
 from xpkit._runs import resolve_run, resolve_runs
@@ -73,22 +72,10 @@ def evaluate(cfg: EvaluateConfig):
 LRS = (0.001, 0.01, 0.1, 0.3)
 
 
-def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A git repo in tmp_path with the pipeline module imported from it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("XPKIT_ROOT", raising=False)
-    subprocess.run(["git", "init", "-q"], check=True)
-    (tmp_path / "pipeline.py").write_text(textwrap.dedent(PIPELINE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
-    clear_settings_cache()
-    return importlib.import_module("pipeline")
-
-
 @pytest.fixture
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """prepare -> a sweep of train runs -> evaluate."""
-    module = _project(tmp_path, monkeypatch)
+    module = import_project(tmp_path, monkeypatch, "pipeline", PIPELINE)
     module.prepare()
     for lr in LRS:
         module.train(lr=lr)
