@@ -33,7 +33,7 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
     """Safe dumper writing multi-line strings (tracebacks) as literal blocks."""
 
 
