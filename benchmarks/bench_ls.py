@@ -122,16 +122,14 @@ def sync_mlflow(root: Path, locks: list[RunLock]) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from xpkit._runs import flatten_into
+    from xpkit._config import flatten
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("bench")
     for lock in locks:
         run = client.create_run(experiment, start_time=0, tags={"xpkit.run_id": lock.id})
-        flat: dict[str, object] = {}
-        flatten_into(lock.config, "", flat)
-        params = [Param(k, str(v)) for k, v in flat.items()]
+        params = [Param(k, str(v)) for k, v in flatten(lock.config).items()]
         tags = [RunTag("xpkit.stage", lock.stage), RunTag("xpkit.commit", lock.src["commit"])]
         metrics = [Metric(k, float(v), 0, 0) for k, v in (lock.metrics or {}).items()]
         client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)

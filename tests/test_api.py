@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import xpkit
+from helpers import SRC
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "IPython", "numpy")
+HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "sqlite3", "IPython", "numpy")
 
 
 def test_all_is_sorted_and_every_name_exists() -> None:
@@ -23,8 +22,9 @@ def test_all_is_sorted_and_every_name_exists() -> None:
 
 
 def test_design_names_are_public() -> None:
-    """The names of DESIGN.md section 1 are exported."""
-    for name in ("stage", "run", "current", "log_metrics", "get_logger", "track_data", "use_run"):
+    """The names of DESIGN.md sections 1 and 5 are exported."""
+    names = ("stage", "Stage", "run", "Run", "runs", "current", "log_metrics", "get_logger")
+    for name in (*names, "track_data", "use_run", "hash_path", "push", "pull"):
         assert callable(getattr(xpkit, name)), name
     assert isinstance(xpkit.__version__, str)
 

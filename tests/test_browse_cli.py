@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import os
@@ -11,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -19,10 +17,9 @@ import pytest
 import yaml
 
 import xpkit as xp
+from helpers import SRC, import_project
 from xpkit._lock import dump_yaml
 from xpkit._settings import clear_settings_cache
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 PIPELINE = """
 from dataclasses import dataclass
@@ -76,14 +73,7 @@ LRS = (0.001, 0.01, 0.1, 0.3)
 @pytest.fixture
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """A git repo with prepare -> a sweep of train runs -> evaluate already run."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("XPKIT_ROOT", raising=False)
-    subprocess.run(["git", "init", "-q"], check=True)
-    (tmp_path / "pipeline.py").write_text(textwrap.dedent(PIPELINE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
-    clear_settings_cache()
-    module = importlib.import_module("pipeline")
+    module = import_project(tmp_path, monkeypatch, "pipeline", PIPELINE)
     module.prepare()
     for lr in LRS:
         module.train(lr=lr)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SRC
 from xpkit._capture import LogFile, capture_output
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

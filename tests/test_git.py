@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import SRC
 from xpkit._git import Snapshot, checkout, code_diff, files_blobs, snapshot
 from xpkit._git_cli import checkout_command
 from xpkit._settings import Settings
 from xpkit._source import SourceRecorder, source_files
 from xpkit.errors import GitError, LockError, RunNotFoundError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(autouse=True)

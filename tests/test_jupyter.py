@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
+from helpers import SRC
+
 jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 SCRIPT = """# %%
 from dataclasses import dataclass

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -13,6 +9,7 @@ import pytest
 import yaml
 
 import xpkit as xp
+from helpers import import_project
 from xpkit._lineage import lineage, upstream_changes
 from xpkit._lock import dump_yaml
 from xpkit._settings import clear_settings_cache
@@ -87,14 +84,7 @@ def pipeline(cfg: PipelineConfig):
 @pytest.fixture
 def stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The stages module, imported from a fresh git repo in tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("XPKIT_ROOT", raising=False)
-    subprocess.run(["git", "init", "-q"], check=True)
-    (tmp_path / "stages.py").write_text(textwrap.dedent(PIPELINE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "stages", raising=False)
-    clear_settings_cache()
-    yield importlib.import_module("stages")
+    yield import_project(tmp_path, monkeypatch, "stages", PIPELINE)
     clear_settings_cache()
 
 

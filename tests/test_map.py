@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -17,12 +16,11 @@ import pytest
 import yaml
 
 import xpkit as xp
+from helpers import SRC, ok_counts
 from xpkit import _tasks
 from xpkit._lock import load_lock
 from xpkit._paths import RunPaths
 from xpkit.errors import ConfigError, TaskError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @dataclasses.dataclass
@@ -46,20 +44,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
     return tmp_path
-
-
-def ok_counts(run_dir: Path) -> collections.Counter[int]:
-    """How many ``ok`` records each task index has, over every worker's file."""
-    counts: collections.Counter[int] = collections.Counter()
-    for path in RunPaths(run_dir).done.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record["status"] == "ok":
-                counts[record["i"]] += 1
-    return counts
 
 
 def run_dirs(project: Path, stage: str = "square") -> list[Path]:

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 
 import xpkit as xp
+from helpers import SRC
 from xpkit import _mlflow, _mlflow_live
 from xpkit._mlflow import mlflow_key, sync_run, tracking_uri
 from xpkit._run import Run
 from xpkit._settings import clear_settings_cache
 
 mlflow = pytest.importorskip("mlflow")
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +402,7 @@ def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
 
 def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
     """RUN is a run directory, a directory of runs, or a unique id prefix."""
-    from xpkit._mlflow_cli import find_runs
+    from xpkit._runs import resolve_runs
     from xpkit._settings import load_settings
     from xpkit.errors import RunNotFoundError
 
@@ -417,11 +416,13 @@ def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path
         assert main.last is not None
         made.append(main.last)
     settings = load_settings()
-    assert {r.dir for r in find_runs(["results/finding"], settings)} == {r.dir for r in made}
-    assert [r.dir for r in find_runs([str(made[1].dir)], settings)] == [made[1].dir]
-    assert [r.dir for r in find_runs([made[2].id[:8]], settings)] == [made[2].dir]
+    assert {r.dir for r in resolve_runs(["results/finding"], settings=settings)} == {
+        r.dir for r in made
+    }
+    assert [r.dir for r in resolve_runs([str(made[1].dir)], settings=settings)] == [made[1].dir]
+    assert [r.dir for r in resolve_runs([made[2].id[:8]], settings=settings)] == [made[2].dir]
     with pytest.raises(RunNotFoundError, match="zzz"):
-        find_runs(["zzz"], settings)
+        resolve_runs(["zzz"], settings=settings)
 
 
 def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:
@@ -452,20 +453,6 @@ def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> No
     finally:
         sys.modules.pop("entry_stage", None)
     assert (project / "counter.txt").read_text() == "main block\nran\n"
-
-
-def test_import_xpkit_does_not_import_mlflow() -> None:
-    """`import xpkit` stays light: mlflow is imported only when syncing."""
-    code = "import sys, xpkit; print('mlflow' in sys.modules)"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.strip() == "False"
 
 
 def test_tracking_false_in_pyproject_switches_automatic_logging_off(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -15,9 +13,10 @@ import pytest
 import yaml
 
 import xpkit as xp
+from helpers import import_project
 from xpkit._lock import dump_yaml
 from xpkit._runindex import read_head
-from xpkit._runs import resolve_run
+from xpkit._runs import resolve_run, resolve_runs
 from xpkit._settings import clear_settings_cache
 from xpkit.errors import AmbiguousRunError, ExpressionError, RunNotFoundError
 
@@ -73,22 +72,10 @@ def evaluate(cfg: EvaluateConfig):
 LRS = (0.001, 0.01, 0.1, 0.3)
 
 
-def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A git repo in tmp_path with the pipeline module imported from it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("XPKIT_ROOT", raising=False)
-    subprocess.run(["git", "init", "-q"], check=True)
-    (tmp_path / "pipeline.py").write_text(textwrap.dedent(PIPELINE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
-    clear_settings_cache()
-    return importlib.import_module("pipeline")
-
-
 @pytest.fixture
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """prepare -> a sweep of train runs -> evaluate."""
-    module = _project(tmp_path, monkeypatch)
+    module = import_project(tmp_path, monkeypatch, "pipeline", PIPELINE)
     module.prepare()
     for lr in LRS:
         module.train(lr=lr)
@@ -226,6 +213,23 @@ def test_resolve_run_ambiguous_and_unknown(pipeline: ModuleType) -> None:
         resolve_run("zzzz")
     with pytest.raises(RunNotFoundError, match="not a run directory"):
         resolve_run("results")
+
+
+def test_resolve_runs_takes_a_stage_directory_as_all_its_runs(pipeline: ModuleType) -> None:
+    """A directory of runs means every run below it; runs named twice come once."""
+    trains = resolve_runs(["results/train", pipeline.train.last.id[:8]])
+    assert sorted(r.config.lr for r in trains) == sorted(LRS)
+    Path("results/empty").mkdir()
+    with pytest.raises(RunNotFoundError, match="no run directory"):
+        resolve_runs([Path("results/empty")])
+
+
+def test_mlflow_artifact_copies_are_not_runs(pipeline: ModuleType) -> None:
+    """The run.lock copies MLflow keeps under results/mlartifacts/ are not listed as runs."""
+    copy = Path("results/mlartifacts/1/abc/artifacts")
+    copy.mkdir(parents=True)
+    copy.joinpath("run.lock").write_text(pipeline.prepare.last.paths.lock.read_text())
+    assert len(xp.runs()) == 2 + len(LRS)
 
 
 def test_bad_locks_are_skipped_and_described(pipeline: ModuleType) -> None:

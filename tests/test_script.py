@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import SRC
+
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_TRACKING": "0"}
 ENV.pop("XPKIT_ROOT", None)
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SRC
 from xpkit._settings import Settings, find_project_root, load_settings, settings_fields
 from xpkit.errors import SettingsError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def git_project(tmp_path: Path, pyproject: str = "") -> Path:

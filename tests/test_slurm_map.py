@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import subprocess
@@ -13,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SRC, ok_counts
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from xpkit._lock import load_lock
 from xpkit._paths import RunPaths
 from xpkit.errors import LockError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 SCRIPT = """
 import dataclasses, os, time
@@ -99,19 +97,6 @@ def finished_runs(root: Path) -> list[Path]:
         except LockError:
             pass  # created, run.lock not written yet
     return ended
-
-
-def ok_counts(run_dir: Path) -> collections.Counter[int]:
-    counts: collections.Counter[int] = collections.Counter()
-    for path in RunPaths(run_dir).done.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record["status"] == "ok":
-                counts[record["i"]] += 1
-    return counts
 
 
 def test_array_chunked_map_returns_at_once_and_finishes_in_one_run(project: Path) -> None:

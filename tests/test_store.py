@@ -17,13 +17,12 @@ from typing import Any
 import pytest
 import xxhash
 
+from helpers import SRC
 from xpkit._git import snapshot
 from xpkit._lock import RunLock, load_lock, new_run_id, write_lock
 from xpkit._settings import clear_settings_cache
 from xpkit._store import hash_file, list_store, pull, push
 from xpkit.errors import StoreError, UnsafePathError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._context import current, get_logger, log_metrics, track_data, use_run
 from ._data import diff_manifests, load_manifest
 from ._hashing import HashRecord, hash_path
@@ -20,6 +22,9 @@ from ._runs import Runs, runs
 from ._script import run
 from ._stage import Stage, stage
 from .errors import XpkitError
+
+if TYPE_CHECKING:
+    from ._store import pull, push
 
 __version__ = "0.1.0"
 
@@ -36,6 +41,8 @@ __all__ = [
     "hash_path",
     "load_manifest",
     "log_metrics",
+    "pull",
+    "push",
     "run",
     "runs",
     "stage",
@@ -44,3 +51,13 @@ __all__ = [
     "track_data",
     "use_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``xp.push`` and ``xp.pull``, imported on first use: the store modules cost ~30 ms."""
+    if name in ("pull", "push"):
+        from . import _store
+
+        return getattr(_store, name)
+    msg = f"module 'xpkit' has no attribute {name!r}"
+    raise AttributeError(msg)

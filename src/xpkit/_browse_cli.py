@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._config import flatten
 from ._diff import (
     MISSING,
     Change,
@@ -28,7 +29,7 @@ from ._diff import (
 )
 from ._lineage import LineageNode, lineage, upstream_changes
 from ._run import Run
-from ._runs import Runs, find_run_dirs, flatten_into, resolve_run
+from ._runs import Runs, find_run_dirs, resolve_run
 from ._settings import load_settings
 
 __all__ = ["diff_command", "lineage_command", "ls_command", "show_command"]
@@ -312,7 +313,7 @@ def show_command(argv: list[str]) -> int:
     out = _Out()
     out.line(f"{lock.stage} {lock.id}  {run.status}", style=_status_style(run.status))
     _pairs(out, _summary(run))
-    _section(out, "config", [(k, _cell(v)) for k, v in _flat(lock.config).items()])
+    _section(out, "config", [(k, _cell(v)) for k, v in flatten(lock.config).items()])
     _section(out, "metrics", [(k, _cell(v)) for k, v in run.metrics.items()])
     _section(out, "data", _data_rows(lock.data or {}))
     _section(out, "upstream", [(k, _brief(v)) for k, v in (lock.upstream or {}).items()])
@@ -354,12 +355,6 @@ def _code_line(src: Mapping[str, Any] | None) -> str:
     if src.get("branch"):
         text += f" on {src['branch']}"
     return text + (" (dirty)" if src.get("dirty") else "")
-
-
-def _flat(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    flatten_into(data or {}, "", out)
-    return out
 
 
 def _data_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:

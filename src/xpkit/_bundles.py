@@ -17,16 +17,15 @@ touched.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._git import git_succeeds, git_text, run_git
 from ._storage import Store
 from .errors import GitError, StoreError
 
@@ -57,46 +56,20 @@ class CodeReport:
     missing: list[str]  # commits no bundle could provide
 
 
-def _git(root: Path, *args: str, ok: Iterable[int] = (0,)) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode not in tuple(ok):
-        msg = f"git {' '.join(args[:3])} failed ({proc.returncode}): {proc.stderr.strip()}"
-        raise GitError(msg)
-    return proc
-
-
-def _git_input(root: Path, stdin: str, *args: str) -> None:
-    proc = subprocess.run(
-        ["git", *args], cwd=root, input=stdin, capture_output=True, text=True, check=False
-    )
-    if proc.returncode:
-        msg = f"git {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}"
-        raise GitError(msg)
-
-
 def has_git(root: Path) -> bool:
     """Whether ``root`` is inside a git work tree."""
     try:
-        return _git(root, "rev-parse", "--is-inside-work-tree").stdout.strip() == "true"
-    except (GitError, FileNotFoundError):
+        return git_text(root, ["rev-parse", "--is-inside-work-tree"]) == "true"
+    except GitError:
         return False
 
 
 def _has_commit(root: Path, commit: str) -> bool:
-    return _git(root, "cat-file", "-e", f"{commit}^{{commit}}", ok=(0, 1, 128)).returncode == 0
+    return git_succeeds(root, ["cat-file", "-e", f"{commit}^{{commit}}"], ok=(0, 1, 128))
 
 
 def _is_ancestor(root: Path, ancestor: str, commit: str) -> bool:
-    proc = _git(root, "merge-base", "--is-ancestor", ancestor, commit, ok=(0, 1))
-    return proc.returncode == 0
+    return git_succeeds(root, ["merge-base", "--is-ancestor", ancestor, commit])
 
 
 def _bundles(store: Store) -> list[_Bundle]:
@@ -134,7 +107,7 @@ def push_code(
     known = {c: b.name for b in bundles for c in b.refs.values()}
     for run_id, commit in commits.items():
         if _has_commit(root, commit):
-            _git(root, "update-ref", run_ref(run_id), commit)
+            run_git(root, ["update-ref", run_ref(run_id), commit])
         elif commit not in known:
             msg = (
                 f"code snapshot {commit[:12]} of run {run_id} is neither in this repository nor "
@@ -149,7 +122,7 @@ def push_code(
         holder.update(dict.fromkeys(todo.values(), name))
     if git_remote:
         specs = [f"{run_ref(r)}:{run_ref(r)}" for r, c in commits.items() if _has_commit(root, c)]
-        _git(root, "push", "--quiet", git_remote, *specs)
+        run_git(root, ["push", "--quiet", git_remote, *specs])
     return holder, name
 
 
@@ -175,7 +148,9 @@ def _write_bundle(
     with tempfile.TemporaryDirectory(prefix="xpkit-bundle-") as tmp:
         path = Path(tmp) / f"{name}.bundle"
         refs = sorted({run_ref(r) for r in commits})
-        _git(root, "bundle", "create", "--quiet", str(path), *refs, *(f"^{c}" for c in exclude))
+        run_git(
+            root, ["bundle", "create", "--quiet", str(path), *refs, *(f"^{c}" for c in exclude)]
+        )
         prerequisites = _header_prerequisites(path)
         store.put_file(path, f"{_CODE}/{name}.bundle")
     meta = {
@@ -210,7 +185,7 @@ def pull_code(root: Path, store: Store, commits: Mapping[str, str], *, branch: s
                 fetcher.ensure(commit)
             for run_id, commit in commits.items():
                 if _has_commit(root, commit):
-                    _git(root, "update-ref", run_ref(run_id), commit)
+                    run_git(root, ["update-ref", run_ref(run_id), commit])
                 else:
                     report.missing.append(commit)
         finally:
@@ -259,29 +234,31 @@ class _Fetcher:
         self.store.get_file(f"{_CODE}/{bundle.name}.bundle", path)
         # into a private namespace: a bundle never moves refs of its own choosing
         spec = f"+refs/*:{self.namespace}/*"
-        _git(self.root, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path), spec)
+        run_git(
+            self.root, ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path), spec]
+        )
         self.report.fetched.append(bundle.name)
 
     def close(self) -> None:
         """Drop the fetched refs; pull_code names the commits it needs."""
-        refs = _git(self.root, "for-each-ref", "--format=%(refname)", self.namespace).stdout
+        refs = git_text(self.root, ["for-each-ref", "--format=%(refname)", self.namespace])
         if refs.strip():
             stdin = "".join(f"delete {ref}\n" for ref in refs.split())
-            _git_input(self.root, stdin, "update-ref", "--stdin")
+            run_git(self.root, ["update-ref", "--stdin"], stdin.encode())
 
 
 def _advance_branch(root: Path, branch: str, commits: Sequence[str]) -> str | None:
     """Fast-forward ``refs/heads/<branch>`` over ``commits``; never when it is checked out."""
     ref = f"refs/heads/{branch}"
-    head = _git(root, "symbolic-ref", "-q", "HEAD", ok=(0, 1)).stdout.strip()
+    head = git_text(root, ["symbolic-ref", "-q", "HEAD"], ok=(0, 1))
     if head == ref or not commits:
         return None
-    tip = _git(root, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", ok=(0, 1)).stdout.strip()
+    tip = git_text(root, ["rev-parse", "-q", "--verify", f"{ref}^{{commit}}"], ok=(0, 1))
     new = tip
     for commit in commits:
         if not new or (commit != new and _is_ancestor(root, new, commit)):
             new = commit
     if new == tip:
         return None
-    _git(root, "update-ref", "-m", "xp pull", ref, new, tip)
+    run_git(root, ["update-ref", "-m", "xp pull", ref, new, tip])
     return new

@@ -91,11 +91,11 @@ class _Dispatch(io.TextIOBase):
         return self._original.fileno()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # a property, as on real streams
         return getattr(self._original, "encoding", "utf-8")
 
     @property
-    def errors(self) -> str | None:  # type: ignore[override]
+    def errors(self) -> str | None:  # type: ignore[override]  # a property, as on real streams
         return getattr(self._original, "errors", None)
 
     def __getattr__(self, name: str) -> Any:

@@ -25,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from ._lock import load_yaml
 from .errors import ConfigError
 
 __all__ = [
@@ -106,7 +107,7 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
         msg = f"config file {p}: {e.strerror}"
         raise ConfigError(msg) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         msg = f"malformed YAML in {p}{yaml_error_where(e)}"
         raise ConfigError(msg) from None
@@ -189,13 +190,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into ``{"a.b.c": value}``; lists stay values."""
-    out: dict[str, Any] = {}
+def flatten(
+    data: Mapping[str, Any], prefix: str = "", *, into: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Flatten nested dicts into ``{prefix + "a.b.c": value}`` (added to ``into`` when given).
+
+    Lists and empty dicts stay values.
+    """
+    out: dict[str, Any] = {} if into is None else into
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{name}."))
+        if isinstance(value, dict) and value:  # (a dict, not any Mapping: 3x faster here)
+            flatten(value, f"{name}.", into=out)
         else:
             out[name] = value
     return out

@@ -81,7 +81,7 @@ class ActiveRun:
         self._recorders = {r.key: r for r in recorders}
         self._lock = lock
         self._lock_mutex = threading.Lock()
-        self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self._metrics_mutex = threading.Lock()
         self.last_metrics: dict[str, Any] = {}
         self._metric_steps: dict[str, int] = {}

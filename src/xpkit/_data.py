@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from ._hashing import PREFIX, HashRecord, cache_path_of, hash_one, jobs_of
+from ._lock import load_yaml
 from ._paths import RunPaths, atomic_write_bytes
 from .errors import DataError
 
@@ -241,7 +242,7 @@ def _previous_run(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         if candidate.is_symlink() or not candidate.is_dir():
             continue
         try:
-            lock = yaml.safe_load(RunPaths(candidate).lock.read_text(encoding="utf-8"))
+            lock = load_yaml(RunPaths(candidate).lock.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             continue
         if isinstance(lock, dict):

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._config import flatten
 from ._run import Run
-from ._runs import flatten_into
 from .errors import XpkitError
 
 __all__ = [
@@ -56,15 +56,9 @@ def diff_mappings(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Change]:
     ]
 
 
-def _flat(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    flatten_into(data or {}, "", out)
-    return out
-
-
 def config_changes(a: Run, b: Run) -> list[Change]:
     """Config values that differ, as dotted keys (``save_dir`` left out: it always does)."""
-    before, after = _flat(a.lock.config), _flat(b.lock.config)
+    before, after = flatten(a.lock.config), flatten(b.lock.config)
     return [c for c in diff_mappings(before, after) if c.key != "save_dir"]
 
 

@@ -45,6 +45,9 @@ __all__ = [
     "checkout",
     "code_diff",
     "files_blobs",
+    "git_succeeds",
+    "git_text",
+    "run_git",
     "snapshot",
 ]
 
@@ -153,7 +156,7 @@ def _failure(args: Sequence[str], code: int, stderr: str) -> str:
     return f"`git {shown}` failed (exit {code}): {stderr or 'no message'}"
 
 
-def _git(
+def run_git(
     cwd: Path,
     args: Sequence[str],
     stdin: bytes = b"",
@@ -164,6 +167,18 @@ def _git(
 ) -> bytes:
     """Run one git command in ``cwd`` and return its stdout."""
     return _Call(cwd, args, index=index, env=env).result(stdin, ok=ok)
+
+
+def git_text(cwd: Path, args: Sequence[str], *, ok: Iterable[int] = (0,)) -> str:
+    """Run one git command in ``cwd`` and return its stdout as stripped text."""
+    return _text(run_git(cwd, args, ok=ok))
+
+
+def git_succeeds(cwd: Path, args: Sequence[str], *, ok: Iterable[int] = (0, 1)) -> bool:
+    """Whether a git command answering by its exit status says yes (0); the rest of ``ok``: no."""
+    call = _Call(cwd, args)
+    call.result(ok=ok)
+    return call.proc.returncode == 0
 
 
 def _text(out: bytes) -> str:
@@ -244,7 +259,7 @@ def _parse_commit(sha: str, body: bytes) -> _Commit:
 
 
 def _read_commits(repo: _Repo, names: Sequence[str]) -> list[_Commit | None]:
-    out = _git(repo.top, ["cat-file", "--batch"], "".join(f"{n}\n" for n in names).encode())
+    out = run_git(repo.top, ["cat-file", "--batch"], "".join(f"{n}\n" for n in names).encode())
     return _parse_commits(out, len(names))
 
 
@@ -278,7 +293,7 @@ def _current_branch(repo: _Repo) -> str | None:
         return None
     ref = text.removeprefix("ref: ")
     if ref == "refs/heads/.invalid":  # the reftable backend keeps HEAD elsewhere
-        ref = _text(_git(repo.top, ["symbolic-ref", "-q", "HEAD"], ok=(0, 1)))
+        ref = _text(run_git(repo.top, ["symbolic-ref", "-q", "HEAD"], ok=(0, 1)))
     return ref.removeprefix("refs/heads/") or None
 
 
@@ -437,10 +452,10 @@ def _stale_ignored(repo: _Repo, index: _Index, filters: _Filters, changed: list[
     if not candidates:
         return []
     check = ["check-ignore", "-z", "--stdin", "--no-index"]
-    ignored = _paths(_git(repo.top, check, _nul(candidates), ok=(0, 1)))
+    ignored = _paths(run_git(repo.top, check, _nul(candidates), ok=(0, 1)))
     if ignored and filters.include:
         listing = ["ls-files", "-z", "-c", "--", *filters.include]
-        forced = set(_paths(_git(repo.top, listing, index=index.tmp)))
+        forced = set(_paths(run_git(repo.top, listing, index=index.tmp)))
         ignored = [p for p in ignored if p not in forced]
     return ignored
 
@@ -471,14 +486,14 @@ def _build_tree(repo: _Repo, index: _Index, filters: _Filters, plan: _Plan) -> t
     tmp, problems = index.tmp, ""
     if plan.remove:
         remove = ["update-index", "-z", "--force-remove", "--stdin"]
-        _git(repo.top, remove, _nul(plan.remove), index=tmp)
+        run_git(repo.top, remove, _nul(plan.remove), index=tmp)
     if plan.update:
         update = ["update-index", "-z", "--add", "--remove", "--stdin"]
         try:
-            _git(repo.top, update, _nul(plan.update), index=tmp)
+            run_git(repo.top, update, _nul(plan.update), index=tmp)
         except GitError:  # one path git cannot add (a nested repo without commit) fails all
             problems = _add_all(repo, tmp, filters, plan)
-    return _text(_git(repo.top, ["write-tree"], index=tmp)), problems
+    return _text(run_git(repo.top, ["write-tree"], index=tmp)), problems
 
 
 def _add_all(repo: _Repo, tmp: Path, filters: _Filters, plan: _Plan) -> str:
@@ -518,10 +533,10 @@ def _commit_tree(repo: _Repo, tree: str, parents: Sequence[str], message: str) -
     for parent in dict.fromkeys(parents):
         args += ["-p", parent]
     try:
-        return _text(_git(repo.top, args, message.encode()))
+        return _text(run_git(repo.top, args, message.encode()))
     except GitError:  # most often: no user.name / user.email configured
         fallback = {k: v for k, v in _FALLBACK_IDENT.items() if k not in os.environ}
-        return _text(_git(repo.top, args, message.encode(), env=fallback))
+        return _text(run_git(repo.top, args, message.encode(), env=fallback))
 
 
 def _reusable(tip: _Commit | None, tree: str, head: _Commit | None) -> bool:
@@ -552,7 +567,7 @@ def _publish(repo: _Repo, ref: str, tree: str, state: _State, message: str) -> t
 
 def _check_ref(repo: _Repo, ref: str) -> None:
     try:
-        _git(repo.top, ["check-ref-format", ref])
+        run_git(repo.top, ["check-ref-format", ref])
     except GitError:
         msg = f"invalid snapshot branch name {ref.removeprefix('refs/heads/')!r}"
         raise GitError(msg) from None
@@ -668,7 +683,7 @@ def files_blobs(root: StrPath, commit: str, paths: Iterable[StrPath]) -> dict[st
     if not rels:
         return {}
     names = "".join(f"{commit}:./{rel}\n" for rel in rels).encode()
-    out = _git(top, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], names)
+    out = run_git(top, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], names)
     blobs = {}
     for rel, line in zip(rels, os.fsdecode(out).splitlines(), strict=True):
         sha, _, kind = line.rpartition(" ")
@@ -700,13 +715,13 @@ def checkout(root: StrPath, commit: str, dest: StrPath | None = None) -> Path:
     if target.exists() and any(target.iterdir()):
         msg = f"cannot check out {sha[:12]} into {target}: it exists and is not empty"
         raise GitError(msg)
-    _git(repo.top, ["worktree", "add", "--detach", str(target), sha])
+    run_git(repo.top, ["worktree", "add", "--detach", str(target), sha])
     return target
 
 
 def _resolve_commit(repo: _Repo, commit: str) -> str:
     try:
-        return _text(_git(repo.top, ["rev-parse", "--verify", "-q", f"{commit}^{{commit}}"]))
+        return _text(run_git(repo.top, ["rev-parse", "--verify", "-q", f"{commit}^{{commit}}"]))
     except GitError:
         msg = (
             f"commit {commit} is not in the repo at {repo.top}: fetch the snapshot branch "
@@ -720,4 +735,4 @@ def code_diff(root: StrPath, commit_a: str, commit_b: str, *, stat: bool = False
     repo = _open_repo(Path(root).resolve())
     a, b = _resolve_commit(repo, commit_a), _resolve_commit(repo, commit_b)
     args = ["diff", "--no-color", "--no-ext-diff", *(["--stat"] if stat else []), a, b, "--"]
-    return os.fsdecode(_git(repo.top, args))
+    return os.fsdecode(run_git(repo.top, args))

@@ -9,9 +9,11 @@ from typing import Any
 import yaml
 
 from ._git import checkout
+from ._lock import load_yaml
 from ._paths import RunPaths
+from ._runs import resolve_run
 from ._settings import find_project_root
-from .errors import LockError, RunNotFoundError
+from .errors import LockError
 
 __all__ = ["checkout_command"]
 
@@ -26,30 +28,21 @@ def checkout_command(args: list[str]) -> int:
         prog="xp checkout",
         description="Restore the code snapshot of a run as a detached git worktree.",
     )
-    parser.add_argument("run", metavar="RUN", help="a run directory")
+    parser.add_argument("run", metavar="RUN", help="a run directory or id prefix")
     parser.add_argument(
         "dir", metavar="DIR", nargs="?", help="where to put it (default: <repo>-<sha> next to it)"
     )
     ns = parser.parse_args(args)
-    run_dir = _resolve_run_dir(ns.run)
+    run_dir = resolve_run(ns.run).dir
     dest = checkout(find_project_root(run_dir), _snapshot_commit(run_dir), ns.dir)
     print(dest)
     return 0
 
 
-def _resolve_run_dir(run: str) -> Path:
-    """The run directory named by ``run`` (for now: a directory holding a run.lock)."""
-    paths = RunPaths(Path(run).resolve())
-    if not paths.lock.is_file():
-        msg = f"{run}: not a run directory (no run.lock in it)"
-        raise RunNotFoundError(msg)
-    return paths.dir
-
-
 def _snapshot_commit(run_dir: Path) -> str:
     lock = RunPaths(run_dir).lock
     try:
-        data: Any = yaml.safe_load(lock.read_text(encoding="utf-8"))
+        data: Any = load_yaml(lock.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         msg = f"{lock}: cannot read: {e}"
         raise LockError(msg) from None

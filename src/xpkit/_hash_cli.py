@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ._hashing import HashRecord, Progress, hash_path
+from ._progress import ProgressBar
 from .errors import DataError
 
 __all__ = ["hash_command"]
@@ -79,31 +80,19 @@ def _progress_bar(path: str) -> Iterator[Progress | None]:
 
 
 class _LazyBar:
-    """Creates the rich bar on the first update that shows a large tree."""
+    """Draws the bar from the first update that shows a large tree."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._bar: Callable[[int, int], None] | None = None
-        self._close: Callable[[], None] | None = None
+        self._bar: ProgressBar | None = None
 
     def update(self, done: int, total: int) -> None:
         if self._bar is None and total - done >= _BAR_MIN_FILES:
-            self._open()
+            self._bar = ProgressBar(f"hashing {self._path}", enabled=True)
+            self._bar.start()
         if self._bar is not None:
-            self._bar(done, total)
-
-    def _open(self) -> None:
-        try:
-            from rich.console import Console
-            from rich.progress import Progress as RichProgress
-        except ImportError:  # the bar is a nicety: without rich, no bar
-            return
-        progress = RichProgress(console=Console(stderr=True), transient=True)
-        task = progress.add_task(f"hashing {self._path}", total=None)
-        progress.start()
-        self._bar = lambda done, total: progress.update(task, completed=done, total=total)
-        self._close = progress.stop
+            self._bar.update(completed=done, total=total)
 
     def close(self) -> None:
-        if self._close is not None:
-            self._close()
+        if self._bar is not None:
+            self._bar.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._lock import RunLock
+from ._paths import display_path
 from ._run import Run
 from ._runindex import read_head
 from ._runs import resolve_run
@@ -67,7 +68,7 @@ class UpstreamRecorder:
             run = consume(f"upstream {key}", value, settings=plan.settings)
             self._consumed[key] = (run, run.lock)
             if not _names_dir(value, run.dir, plan.settings):
-                updates[key] = _display_path(run.dir)
+                updates[key] = display_path(run.dir)
         return updates
 
     def start(self, run: ActiveRun) -> None:
@@ -125,14 +126,6 @@ def _names_dir(value: Any, run_dir: Path, settings: Settings) -> bool:
         if candidate.exists() and Path(os.path.abspath(candidate)) == run_dir:
             return True
     return False
-
-
-def _display_path(path: Path) -> str:
-    """``path`` relative to the working directory when below it (as ``save_dir`` is)."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "RunLock",
     "dump_yaml",
     "load_lock",
+    "load_yaml",
     "new_run_id",
     "now",
     "write_lock",
@@ -32,7 +33,7 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
     """Safe dumper writing multi-line strings (tracebacks) as literal blocks."""
 
 
@@ -169,6 +170,15 @@ def dump_yaml(data: Any) -> str:
     )
 
 
+def load_yaml(text: str | bytes) -> Any:
+    """Parse YAML text safely (the C loader when PyYAML has it).
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)
+
+
 def write_lock(path: Path, lock: RunLock) -> None:
     """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``)."""
     atomic_write_text(path, dump_yaml(lock.to_dict()))
@@ -190,7 +200,7 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
         msg = f"{p}: cannot read run.lock ({e.strerror})"
         raise LockError(msg) from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         from ._config import yaml_error_where
 

@@ -31,9 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import _tasks
 from ._context import ActiveRun, RunPlan, make_logger
-from ._lock import RunLock, new_run_id
+from ._lock import RunLock, load_yaml, new_run_id
 from ._paths import RunPaths, atomic_write_text
-from ._run import Run
+from ._progress import ProgressBar
+from ._run import Run, process_alive
 from ._settings import Settings
 from .errors import ConfigError, TaskError, missing_extra
 
@@ -138,17 +139,7 @@ def _still_running(lock: RunLock) -> bool:
         from ._slurm import job_states, unfinished
 
         return bool(unfinished(job_states([str(j) for j in jobs])))
-    import socket
-
-    if lock.host != socket.gethostname() or lock.pid is None:
-        return False
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return lock.pid != os.getpid()
+    return bool(process_alive(lock)) and lock.pid != os.getpid()
 
 
 def _who(lock: RunLock) -> str:
@@ -465,35 +456,29 @@ class _Progress:
         self._total = total
         self._done = 0
         self._next_log = 0.1
-        self._bar: Any = None
-        if terminal is not None and total > 1:
-            self._bar = _rich_bar(terminal, total)
+        self._stream = (
+            os.fdopen(os.dup(terminal), "w") if terminal is not None and total > 1 else None
+        )
+        self._bar = ProgressBar(
+            "tasks",
+            total=total,
+            enabled=self._stream is not None,
+            stream=self._stream,
+            transient=False,
+        )
+        self._bar.start()
 
     def advance(self, n: int) -> None:
         self._done += n
-        if self._bar is not None:
-            self._bar[0].update(self._bar[1], completed=self._done)
+        self._bar.update(completed=self._done)
         if self._total >= 20 and self._done / self._total >= self._next_log - 1e-9:
             self._logger.info("tasks: %d of %d run", self._done, self._total)
             self._next_log = math.floor(self._done / self._total * 10 + 1) / 10
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar[0].stop()
-            self._bar[2].close()
-
-
-def _rich_bar(terminal: int, total: int) -> Any:
-    try:
-        from rich.console import Console
-        from rich.progress import Progress
-    except ImportError:
-        return None
-    stream = os.fdopen(os.dup(terminal), "w")
-    progress = Progress(console=Console(file=stream, force_terminal=True), transient=False)
-    task = progress.add_task("tasks", total=total)
-    progress.start()
-    return progress, task, stream
+        self._bar.stop()
+        if self._stream is not None:
+            self._stream.close()
 
 
 # --- sweeps ---------------------------------------------------------------------------------
@@ -684,7 +669,7 @@ def _yaml_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return load_yaml(text) if text.strip() else text
     except yaml.YAMLError:
         return text
 
@@ -726,7 +711,7 @@ def read_tasks_file(path: str | os.PathLike[str]) -> list[Any]:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as e:
             msg = f"--tasks {p}: invalid YAML/JSON: {getattr(e, 'problem', e)}"
             raise TaskError(msg) from None

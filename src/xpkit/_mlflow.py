@@ -61,6 +61,7 @@ from typing import Any
 from ._config import flatten
 from ._lock import RunLock
 from ._paths import RunPaths, atomic_write_text
+from ._progress import ProgressBar
 from ._run import Run
 from ._settings import Settings, load_settings
 from .errors import missing_extra
@@ -708,28 +709,9 @@ def sync_runs(
     items = [r if isinstance(r, Run) else Run(r) for r in runs]
     syncer.prefetch({r.stage for r in items})
     ids = []
-    with progress_bar(len(items), enabled=progress, what="syncing runs to MLflow") as advance:
+    shown = progress if progress is not None else (None if len(items) > 1 else False)
+    with ProgressBar("syncing runs to MLflow", total=len(items), enabled=shown) as bar:
         for run in items:
             ids.append(syncer.sync(run, loggers=loggers).mlflow_id)
-            advance()
+            bar.advance()
     return ids
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, *, enabled: bool | None, what: str) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on stderr when it is a terminal (``enabled=None``), else nothing."""
-    if enabled is None:
-        enabled = total > 1 and sys.stderr.isatty()
-    if enabled:
-        try:
-            from rich.progress import Progress
-        except ImportError:
-            enabled = False
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.console import Console
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda: bar.advance(task)

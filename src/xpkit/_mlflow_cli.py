@@ -10,74 +10,18 @@ import signal
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ._lock import load_lock
+from ._progress import ProgressBar
 from ._run import Run
+from ._runs import find_run_dirs, resolve_runs
 from ._settings import Settings, load_settings
-from .errors import AmbiguousRunError, LockError, RunNotFoundError, StageImportError
+from .errors import LockError, StageImportError
 
-__all__ = ["find_runs", "load_stage", "log_command", "stage_of_run", "ui_command"]
-
-
-# --- finding runs ----------------------------------------------------------------------
-
-
-def run_dirs(root: Path) -> list[Path]:
-    """Every run directory below ``root`` (``latest`` links and private dirs skipped)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if "run.lock" in filenames:
-            found.append(Path(dirpath))
-            dirnames.clear()  # a run's own outputs are not runs
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "mlartifacts")
-    return sorted(found)
-
-
-def find_runs(specs: Iterable[str], settings: Settings) -> list[Run]:
-    """Runs named by run directories, directories of runs (a stage's), or id prefixes.
-
-    Raises:
-        RunNotFoundError: a spec matches no run.
-        AmbiguousRunError: an id prefix matches several runs.
-    """
-    runs: dict[Path, Run] = {}
-    everything: list[Run] | None = None
-    for spec in specs:
-        path = settings.resolve(spec) if not Path(spec).is_absolute() else Path(spec)
-        if not path.exists():
-            path = Path(os.path.abspath(spec))
-        if path.is_dir():
-            dirs = [path] if (path / "run.lock").is_file() else run_dirs(path)
-            if not dirs:
-                msg = f"no run directory (with a run.lock) at or below {spec}"
-                raise RunNotFoundError(msg)
-            for d in dirs:
-                runs.setdefault(d.resolve(), Run(d.resolve()))
-            continue
-        if everything is None:
-            everything = [Run(d) for d in run_dirs(settings.results_path)]
-        matches = [r for r in everything if _id_of(r).startswith(spec)]
-        if not matches:
-            where = settings.results_dir
-            msg = f"no run directory and no run id starting with {spec!r} under {where}/"
-            raise RunNotFoundError(msg)
-        if len(matches) > 1:
-            ids = ", ".join(sorted(_id_of(r) for r in matches)[:5])
-            msg = f"run id prefix {spec!r} matches {len(matches)} runs ({ids}); give more digits"
-            raise AmbiguousRunError(msg)
-        runs.setdefault(matches[0].dir, matches[0])
-    return list(runs.values())
-
-
-def _id_of(run: Run) -> str:
-    try:
-        return run.id
-    except LockError:
-        return ""
+__all__ = ["load_stage", "log_command", "stage_of_run", "ui_command"]
 
 
 # --- importing a stage again -----------------------------------------------------------
@@ -215,9 +159,9 @@ def log_command(argv: list[str]) -> int:
     settings = load_settings()
     forced = load_stage(args.stage, settings) if args.stage else None
     if args.runs:
-        runs = find_runs(args.runs, settings)
+        runs = resolve_runs(args.runs, settings=settings)
     else:
-        runs = [Run(d) for d in run_dirs(settings.results_path)]
+        runs = [Run(d) for d in find_run_dirs(None, settings=settings)]
         if forced is not None and not args.all:
             runs = [r for r in runs if _stage_name(r) == forced.name]
     return _log_runs(runs, settings, forced=forced, loggers=not args.no_loggers, quiet=args.quiet)
@@ -233,7 +177,7 @@ def _stage_name(run: Run) -> str | None:
 def _log_runs(
     runs: list[Run], settings: Settings, *, forced: Any, loggers: bool, quiet: bool
 ) -> int:
-    from ._mlflow import Syncer, progress_bar, tracking_uri
+    from ._mlflow import Syncer, tracking_uri
 
     def say(text: str) -> None:
         print(f"xp log: {text}", file=sys.stderr)
@@ -250,7 +194,8 @@ def _log_runs(
             failed += 1
             say(f"loggers of stage {stage!r} not applied: {problem}")
     created = points = 0
-    with progress_bar(len(good), enabled=None if not quiet else False, what="xp log") as advance:
+    shown = None if len(good) > 1 and not quiet else False
+    with ProgressBar("xp log", total=len(good), enabled=shown) as bar:
         for run in good:
             fns = stage_loggers.get(run.stage, ([], None))[0]
             try:
@@ -260,7 +205,7 @@ def _log_runs(
             except Exception as e:
                 failed += 1
                 say(f"{run.dir}: {type(e).__name__}: {e}")
-            advance()
+            bar.advance()
     if not quiet:
         say(
             f"synced {len(good)} run(s) ({created} new, {points} metric points) "

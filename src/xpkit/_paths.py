@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunPaths", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "RunPaths",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "display_path",
+]
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,9 @@ class RunPaths:
         return self.tasks / "slurm"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a unique temporary file and ``os.replace``.
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path to write next to ``path``, moved onto it when the block succeeds.
 
     Readers see the old content or the new one, never a torn file. No fsync: it costs
     1-15 ms per file (three per run) and only matters on power loss, where ext4 and xfs
@@ -110,14 +119,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     # unique per process and thread: concurrent writers never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def display_path(path: Path) -> str:
+    """``path`` as the user's code sees it: relative to the working directory when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -29,7 +29,7 @@ def enable_project_reload(shell: Any) -> None:
         from IPython.extensions.autoreload import ModuleReloader
 
         # records the mtime of every module imported so far
-        _reloader = ModuleReloader(shell)  # type: ignore[no-untyped-call]
+        _reloader = ModuleReloader(shell)  # type: ignore[no-untyped-call]  # IPython is untyped
         _reloader.enabled = True
         _reloader.check_all = False
         _cell_started_s = time.time()

@@ -16,7 +16,7 @@ from ._runindex import read_head
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["Run"]
+__all__ = ["Run", "process_alive"]
 
 
 class Run:
@@ -84,7 +84,7 @@ class Run:
         is reported ``interrupted``.
         """
         lock = self._brief
-        if lock.status == "running" and _process_gone(lock):
+        if lock.status == "running" and process_alive(lock) is False:
             return "interrupted"
         return lock.status
 
@@ -223,14 +223,18 @@ def _datetime(value: Any) -> dt.datetime | None:
     return None
 
 
-def _process_gone(lock: RunLock) -> bool:
-    """True when ``lock``'s process ran on this host and is no longer alive."""
+def process_alive(lock: RunLock) -> bool | None:
+    """Whether the process that wrote ``lock`` is alive; None when this host cannot tell.
+
+    None for a process of another host, a lock without pid, or Windows (where
+    ``os.kill(pid, 0)`` would end the process).
+    """
     if lock.pid is None or os.name == "nt" or lock.host != socket.gethostname():
-        return False
+        return None
     try:
         os.kill(lock.pid, 0)
     except ProcessLookupError:
-        return True
+        return False
     except OSError:
-        return False  # alive, owned by someone else
-    return False
+        return True  # alive, owned by someone else
+    return True

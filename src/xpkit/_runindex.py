@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ._lock import RunLock, load_lock
+from ._lock import RunLock, load_lock, load_yaml
 from ._paths import atomic_write_text
 from .errors import LockError, LockVersionError
 
@@ -49,7 +49,6 @@ HEAD_KEYS = frozenset(
     }
 )
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _INDEX_VERSION = 1
 
 
@@ -73,7 +72,7 @@ def _head_dict(text: str) -> dict[str, Any] | None:
         data = _simple_yaml(head)
     except _Unsupported:
         try:
-            data = yaml.load(head, Loader=_Loader)
+            data = load_yaml(head)
         except yaml.YAMLError:
             return None
     return data if isinstance(data, dict) and "xpkit" in data else None

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from ._config import flatten
 from ._run import Run
 from ._runindex import RunIndex
 from ._settings import Settings, load_settings
@@ -30,7 +31,14 @@ from .errors import (
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Runs", "find_run_dirs", "flatten_into", "resolve_run", "run_record", "runs"]
+__all__ = [
+    "Runs",
+    "find_run_dirs",
+    "resolve_run",
+    "resolve_runs",
+    "run_record",
+    "runs",
+]
 
 PathLike = str | os.PathLike[str]
 BASE_COLUMNS = ("id", "stage", "dir", "status", "started", "duration_s", "commit")
@@ -125,6 +133,8 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
             return  # never walk the inside of a run directory
         if entry.name.startswith(".") or (entry.name == "latest" and entry.is_symlink()):
             continue
+        if entry.name == "mlartifacts":
+            continue  # MLflow's artifact copies of run.lock files (_mlflow.artifacts_root)
         if entry.is_dir():
             # realpath only across symlinks (a run linked from a store): it costs a syscall
             # per path component
@@ -321,20 +331,10 @@ def run_record(run: Run) -> dict[str, Any]:
         "duration_s": run.duration_s,
         "commit": run.commit,
     }
-    flatten_into(lock.config, "config.", record)
+    flatten(lock.config, "config.", into=record)
     for name, value in (lock.metrics or {}).items():
         record[f"metrics.{name}"] = value
     return record
-
-
-def flatten_into(data: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    """Add ``data``'s leaves to ``out`` as ``{prefix + "a.b": value}``; lists stay values."""
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:  # (a dict, not any Mapping: 3x faster here)
-            flatten_into(value, f"{name}.", out)
-        else:
-            out[name] = value
 
 
 def _data_hashes(run: Run) -> dict[str, Any]:
@@ -366,6 +366,36 @@ def resolve_run(spec: PathLike | Run, *, settings: Settings | None = None) -> Ru
             msg = f"{text}: not a run directory (it has no run.lock)"
             raise RunNotFoundError(msg)
     return _by_id(text, settings)
+
+
+def resolve_runs(specs: Iterable[PathLike | Run], *, settings: Settings | None = None) -> list[Run]:
+    """The runs named by ``specs``, each once: what :func:`resolve_run` accepts, or a
+    directory of runs (a stage's) meaning every run below it.
+
+    Raises:
+        AmbiguousRunError: an id prefix matches several runs.
+        RunNotFoundError: a spec matches no run.
+    """
+    settings = settings or load_settings()
+    found: dict[str, Run] = {}
+    for spec in specs:
+        for run in _runs_of(spec, settings):
+            found.setdefault(os.path.realpath(run.dir), run)
+    return list(found.values())
+
+
+def _runs_of(spec: PathLike | Run, settings: Settings) -> list[Run]:
+    if isinstance(spec, Run):
+        return [spec]
+    text = os.fspath(spec)
+    for candidate in dict.fromkeys((Path(text), settings.resolve(text))) if text else ():
+        if candidate.is_dir() and not (candidate / "run.lock").is_file():
+            dirs = find_run_dirs(candidate, settings=settings)
+            if not dirs:
+                msg = f"no run directory (with a run.lock) at or below {text}"
+                raise RunNotFoundError(msg)
+            return [Run(d) for d in dirs]
+    return [resolve_run(text, settings=settings)]
 
 
 def _by_id(prefix: str, settings: Settings) -> Run:

@@ -40,6 +40,7 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         The run, or None when no run was made (``--help``, ``--print-config``, bad input).
     """
     if not isinstance(stage, Stage):
+        # unreachable for mypy; a plain function passed at runtime lands here
         msg = f"xp.run expects a stage (decorate the function with @xp.stage), got {stage!r}"  # type: ignore[unreachable]
         raise TypeError(msg)
     shell = _console()
@@ -289,10 +290,10 @@ def _console() -> Any:
     if "IPython" not in sys.modules:
         return None
     try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
+        from IPython import get_ipython  # type: ignore[attr-defined]  # re-exported untyped
     except ImportError:
         return None
-    return get_ipython()  # type: ignore[no-untyped-call]
+    return get_ipython()  # type: ignore[no-untyped-call]  # IPython is untyped
 
 
 def _script_argv(interactive: bool) -> list[str]:
@@ -328,7 +329,7 @@ def _fields_help(stage: Stage[Any]) -> str:
     fields = _config.describe_fields(stage.schema)
     cfg = stage.config()
     if not fields:
-        flat = _config.flatten(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+        flat = _config.flatten(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
         fields = [_config.FieldInfo(k, type(v).__name__, repr(v), "") for k, v in flat.items()]
     if not any(f.key == "save_dir" for f in fields):
         fields.append(

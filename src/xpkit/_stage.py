@@ -23,7 +23,7 @@ from ._context import ActiveRun, RunPlan, drop_logger, make_logger
 from ._env import hostname
 from ._locals import call_capturing
 from ._lock import RunLock, dump_yaml, load_lock, new_run_id, now
-from ._paths import RunPaths, atomic_write_text
+from ._paths import RunPaths, atomic_write_text, display_path
 from ._recorders import Recorder, default_recorders
 from ._run import Run
 from ._settings import Settings, load_settings
@@ -162,7 +162,7 @@ class Stage(Generic[R]):
             run_dir = resume.resolve()
             run_id = load_lock(RunPaths(run_dir).lock).id
         with open_dict(cfg):
-            cfg.save_dir = _display_path(run_dir)
+            cfg.save_dir = display_path(run_dir)
         with _config.now_at(started):
             _config.resolve(cfg)
         plan = dataclasses.replace(plan, config=cfg)
@@ -503,14 +503,6 @@ def _create_run_dir(path: Path) -> Path:
         except FileExistsError:
             n += 1
             candidate = path.with_name(f"{path.name}-{n}")
-
-
-def _display_path(run_dir: Path) -> str:
-    """The run directory as the body sees it: relative to cwd when below it."""
-    try:
-        return str(run_dir.relative_to(Path.cwd()))
-    except ValueError:
-        return str(run_dir)
 
 
 def _point_latest(run_dir: Path, settings: Settings) -> None:

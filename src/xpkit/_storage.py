@@ -18,19 +18,18 @@ import itertools
 import os
 import secrets
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from ._paths import atomic_path
 from ._settings import Settings
 from .errors import StoreError, UnsafePathError, missing_extra
 
 __all__ = [
     "LocalStore",
-    "Progress",
     "Store",
     "link_target",
     "open_store",
@@ -117,52 +116,6 @@ def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-class Progress:
-    """A rich progress bar in bytes, on a terminal only; a no-op otherwise."""
-
-    def __init__(self, enabled: bool | None, description: str) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            with contextlib.suppress(ImportError):
-                from rich.progress import (
-                    BarColumn,
-                    DownloadColumn,
-                    Progress,
-                    TextColumn,
-                    TransferSpeedColumn,
-                )
-
-                self._bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    transient=True,
-                )
-                self._task = self._bar.add_task(description, total=0)
-
-    def __enter__(self) -> Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def grow(self, nbytes: int) -> None:
-        if self._bar is not None:
-            task = self._bar.tasks[0]
-            self._bar.update(self._task, total=(task.total or 0) + nbytes)
-
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, nbytes)
-
-
 class Store(Protocol):
     """The operations push and pull need; keys are relative POSIX paths."""
 
@@ -222,17 +175,10 @@ class LocalStore:
         with self._writing(key) as tmp:
             shutil.copyfile(local, tmp)
 
-    @contextlib.contextmanager
-    def _writing(self, key: str) -> Any:
+    def _writing(self, key: str) -> contextlib.AbstractContextManager[Path]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.xpkit-tmp")
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        return atomic_path(path)
 
     def get_file(self, key: str, local: Path) -> None:
         shutil.copyfile(self._path(key), local)

@@ -41,12 +41,12 @@ import xxhash
 import yaml
 
 from ._bundles import COMMIT, CodeReport, has_git, pull_code, push_code
-from ._lock import RunLock, load_lock
+from ._lock import RunLock, load_lock, load_yaml
+from ._progress import ProgressBar
 from ._run import Run
 from ._runs import resolve_run
 from ._settings import Settings, load_settings
 from ._storage import (
-    Progress,
     Store,
     link_target,
     open_store,
@@ -180,7 +180,7 @@ def push(
     report = PushReport()
     holders, bundle = push_code(settings.root, st, commits, git_remote=git_remote)
     report.bundles = [bundle] if bundle else []
-    with Progress(progress, "push") as bar:
+    with ProgressBar("push", total=0, enabled=progress, in_bytes=True) as bar:
         for run in lineage:
             if run.path is None:
                 report.runs.append(_row(run, "in store"))
@@ -307,7 +307,7 @@ def _manifest(run: _LocalRun, entries: Mapping[str, Entry], code: Any) -> bytes:
 
 
 def _send(
-    st: Store, run: _LocalRun, manifest: bytes, entries: Mapping[str, Entry], bar: Progress
+    st: Store, run: _LocalRun, manifest: bytes, entries: Mapping[str, Entry], bar: ProgressBar
 ) -> dict[str, Any]:
     """Make ``runs/<id>`` hold ``entries`` under ``manifest``; COMPLETE last."""
     assert run.path is not None
@@ -427,7 +427,7 @@ def pull(
             )
     elif commits:
         report.warnings.append(f"{settings.root} is not a git repository: code not pulled")
-    with Progress(progress, "pull") as bar:
+    with ProgressBar("pull", total=0, enabled=progress, in_bytes=True) as bar:
         for plan in plans:
             action = plan.action
             if action == "fetch":
@@ -563,7 +563,7 @@ def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
         msg = f"run.lock of run {run_id} in store {st.url} is missing or does not match its hash"
         raise StoreError(msg)
     try:
-        parsed = yaml.safe_load(data)
+        parsed = load_yaml(data)
     except yaml.YAMLError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -629,7 +629,7 @@ def _scan_dir(top: Path) -> dict[str, Entry]:
     return out
 
 
-def _copy_run(st: Store, plan: _PullPlan, bar: Progress) -> None:
+def _copy_run(st: Store, plan: _PullPlan, bar: ProgressBar) -> None:
     """Download into a hidden sibling, verify every hash, then rename into place."""
     run_id, entries = plan.id, plan.manifest["files"]
     plan.target.parent.mkdir(parents=True, exist_ok=True)
@@ -663,7 +663,7 @@ def _copy_run(st: Store, plan: _PullPlan, bar: Progress) -> None:
             shutil.rmtree(tmp)
 
 
-def _link_run(st: Store, plan: _PullPlan, bar: Progress) -> None:
+def _link_run(st: Store, plan: _PullPlan, bar: ProgressBar) -> None:
     """Symlink the run directory to its files in a filesystem store (sizes checked)."""
     files = {k: e for k, e in plan.manifest["files"].items() if "hash" in e}
     _check_sizes(st, plan.id, files)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
-from pathlib import Path
 from typing import Any
 
 from . import _tasks
 from ._lock import RunLock
 from ._paths import RunPaths
-from .errors import RunNotFoundError
+from ._run import process_alive
+from ._runs import resolve_run
 
 __all__ = ["main"]
 
@@ -28,7 +27,7 @@ def main(argv: list[str]) -> int:
         "--interval", type=float, default=5.0, metavar="S", help="seconds between --wait polls"
     )
     options = parser.parse_args(argv)
-    paths = RunPaths(_run_dir(options.run))
+    paths = RunPaths(resolve_run(options.run).dir.resolve())
     lock = _tasks.load_map_lock(paths)
     total = len(_tasks.read_todo(paths))
     scanner = _tasks.DoneScanner(paths, total)
@@ -47,18 +46,6 @@ def main(argv: list[str]) -> int:
     return 0 if lock.status in ("completed", "running") else 1
 
 
-def _run_dir(arg: str) -> Path:
-    path = Path(arg)
-    if (path / "run.lock").is_file():
-        return path.resolve()
-    try:  # run id prefixes, ``latest``... when the browsing module is there
-        runs = importlib.import_module("xpkit._runs")
-    except ImportError:
-        msg = f"{arg} is not a run directory (no run.lock)"
-        raise RunNotFoundError(msg) from None
-    return Path(runs.resolve_run(arg).dir)
-
-
 def _job_states(lock: RunLock) -> dict[str, str]:
     jobs = (lock.tasks or {}).get("jobs")
     if not jobs:
@@ -73,7 +60,7 @@ def _end_if_abandoned(
 ) -> None:
     """End a run nobody else will end: its Slurm jobs are gone, or its process is dead."""
     if (lock.tasks or {}).get("backend") != "slurm":
-        if not _process_alive(lock):
+        if process_alive(lock) is False:
             _tasks.finalize(paths, state, force=True)
         return
     from ._slurm import unfinished
@@ -83,21 +70,6 @@ def _end_if_abandoned(
     elif states and not unfinished(states):
         time.sleep(1)  # a worker may be writing its last records
         _tasks.finalize(paths, _tasks.scan_done(paths, state.total), force=True)
-
-
-def _process_alive(lock: RunLock) -> bool:
-    import os
-    import socket
-
-    if lock.host != socket.gethostname() or lock.pid is None:
-        return True  # cannot tell from here
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _progress_line(state: _tasks.TaskState) -> str:
