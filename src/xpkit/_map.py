@@ -564,7 +564,7 @@ def sweep_stage(
     runs = [Run(path) for path, _ in outcomes if path]
     if runs and backend == "joblib":
         stage.last = runs[-1]
-    failed = [f"{path}: {error}" for path, error in outcomes if error]
+    failed = [f"{_shown(path)}: {error}" for path, error in outcomes if error]
     if failed:
         msg = f"{len(failed)} of {len(points)} sweep points failed ({'; '.join(failed)})"
         raise TaskError(msg)
@@ -584,6 +584,16 @@ def sweep_point(
         return str(stage.last.dir), f"{type(e).__name__}: {e}"
     assert stage.last is not None
     return str(stage.last.dir), None
+
+
+def _shown(path: str) -> str:
+    """A run directory as the user names it: relative to the working directory if inside."""
+    if not path:
+        return "(no run directory)"
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
 
 
 def _plain(value: Any) -> Any:
