@@ -629,11 +629,8 @@ def map_from_cli(
         stop_on_error=options.stop_on_error or (options.pdb and backend == "serial"),
     )
     tasks = read_tasks_file(options.tasks) if options.tasks else None
-    run = map_stage(stage, cfg, tasks, map_options, argv=argv, fds=fds, src=src)
-    if backend == "slurm":
-        jobs = ", ".join(map(str, (run.reload().lock.tasks or {}).get("jobs", [])))
-        print(f"[xpkit] submitted Slurm job(s) {jobs}; follow: xp tasks {run.dir} --wait")
-    return run
+    # a Slurm submission names its jobs and how to follow them in the run's log
+    return map_stage(stage, cfg, tasks, map_options, argv=argv, fds=fds, src=src)
 
 
 def sweep_from_cli(
