@@ -295,3 +295,20 @@ def test_completed_run_hands_back_locals_when_the_body_calls_module_functions(
     assert reply["status"] == "ok", kernel.output
     assert reply["values"] == {"text": "'[0, 1, 2]'", "status": "'completed'"}
     assert "in the console now: cfg, text" in "".join(kernel.output)
+
+
+def test_body_cell_with_log_metrics_reruns_outside_the_run(project: Path, kernel: Kernel) -> None:
+    """A body cell calling ``xp.log_metrics`` re-runs on the injected locals: nothing recorded."""
+    script = project / "method.py"
+    script.write_text(METHOD_SCRIPT)
+    kernel.execute(f"__file__ = {str(script)!r}", silent=True)
+    kernel.execute(script.read_text())
+    body = script.read_text().split("def main(cfg: Config):\n")[1].split("    return")[0]
+    metrics = project / "results" / "method" / "latest" / "metrics.jsonl"
+    before = metrics.read_text()
+    kernel.execute("cfg.n = 5")
+    reply = kernel.execute(body, text="text")  # indented, as VSCode sends it: IPython dedents
+    assert reply["status"] == "ok", kernel.output
+    assert reply["values"] == {"text": "'[0, 1, 2, 3, 4]'"}
+    assert "xp.log_metrics() outside a running stage: not recorded" in "".join(kernel.output)
+    assert metrics.read_text() == before
