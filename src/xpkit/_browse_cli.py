@@ -182,7 +182,8 @@ def ls_command(argv: list[str]) -> int:
     p = _parser("ls", "List runs, newest first, with the config keys that vary and metrics.")
     p.epilog = (
         "EXPR compares fields (config.KEY, metrics.NAME, id, stage, status, dir, started, "
-        "duration_s, commit) with == != < <= > >= (two numbers compare as numbers), "
+        "duration_s, commit; KEY or NAME alone when unambiguous, as the table heads them) "
+        "with == != < <= > >= (two numbers compare as numbers), "
         "combined with and, or, not and parentheses; strings may be quoted or bare. "
         "Example: xp ls --where 'config.lr > 0.01 and status == completed' --sort -metrics.acc"
     )

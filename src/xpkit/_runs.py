@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ._run import Run
 from ._runindex import RunIndex
 from ._settings import Settings, load_settings
-from ._where import FIELDS, compile_where
+from ._where import FIELDS, compile_where, resolve_field
 from .errors import (
     AmbiguousRunError,
     ExpressionError,
@@ -214,7 +214,7 @@ class Runs(Sequence[Run]):
             ExpressionError: ``test`` is an invalid expression.
         """
         if isinstance(test, str):
-            check = compile_where(test)
+            check = compile_where(test, self._keys())
             return self._derive(r for r in self._runs if check(self.record(r)))
         return self._derive(r for r in self._runs if test(r))
 
@@ -227,7 +227,7 @@ class Runs(Sequence[Run]):
         if callable(key):
             return self._derive(sorted(self._runs, key=key, reverse=reverse))
         descending = key.startswith("-") != reverse
-        name = key.lstrip("-")
+        name = resolve_field(key.lstrip("-"), self._keys()) or key.lstrip("-")
         if name not in FIELDS and not name.startswith(("config.", "metrics.")):
             fields = ", ".join(FIELDS)
             msg = (
@@ -251,6 +251,10 @@ class Runs(Sequence[Run]):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return (0, float(value), "")
         return (1, 0.0, str(value))
+
+    def _keys(self) -> set[str]:
+        """Every record key of these runs (for ``lr`` to stand for ``config.lr``)."""
+        return {key for run in self._runs for key in self.record(run)}
 
     def limit(self, n: int) -> Runs:
         """The first ``n`` runs."""
