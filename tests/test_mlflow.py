@@ -342,6 +342,28 @@ def test_tracking_uri_defaults_to_a_sqlite_file_under_results(
     assert tracking_uri() == "http://h:5000"
 
 
+def test_runs_synced_into_the_default_store_are_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store's artifact copies (results/mlartifacts/.../run.lock) are not runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XPKIT_TRACKING", "0")
+    clear_settings_cache()
+
+    @xp.stage(name="listed_once", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a config default, never mutated
+        xp.log_metrics({"n": cfg.n})
+
+    main()
+    assert main.last is not None
+    sync_run(main.last)
+    clear_settings_cache()
+    assert list((tmp_path / "results" / "mlartifacts").rglob("run.lock"))
+    assert [r.dir for r in xp.runs()] == [main.last.dir]
+
+
 def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without mlflow installed, syncing says which extra to install."""
     monkeypatch.setitem(sys.modules, "mlflow", None)

@@ -111,6 +111,10 @@ def _add(run_dir: str, found: list[str], seen: set[str], real: str | None = None
         found.append(run_dir)
 
 
+# MLflow's artifact stores (the default one lives under results/) hold copies of run.lock
+_NOT_RUNS = frozenset({"mlartifacts", "mlruns"})
+
+
 def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -> None:
     """Collect run directories below ``top``; ``real`` is its resolved path when known."""
     try:
@@ -124,6 +128,8 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
             _add(top, found, seen, real)
             return  # never walk the inside of a run directory
         if entry.name.startswith(".") or (entry.name == "latest" and entry.is_symlink()):
+            continue
+        if entry.name in _NOT_RUNS:
             continue
         if entry.is_dir():
             # realpath only across symlinks (a run linked from a store): it costs a syscall
