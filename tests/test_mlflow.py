@@ -249,6 +249,43 @@ def test_logger_added_later_is_applied_to_every_past_run_without_rerunning(
     assert (project / "counter.txt").read_text() == "ran\n" * 5
 
 
+FAILING_LOGGER = """
+@main.logger
+def log_model(run, mlflow):
+    raise FileNotFoundError("no model.txt in " + run.dir.name)
+"""
+
+
+def test_a_failing_logger_is_reported_once_per_run(project: Path, store: str) -> None:
+    """`xp log` and the run's own final sync each say a logger's failure once, with its name."""
+    script = project / "failing.py"
+    body, main_block = textwrap.dedent(STAGE_SCRIPT.format(name="failing")).split("if __name__")
+    script.write_text(body + textwrap.dedent(FAILING_LOGGER) + "\nif __name__" + main_block)
+    ran = subprocess.run(
+        [sys.executable, "failing.py"],
+        cwd=project,
+        env=env_for(project, store, XPKIT_TRACKING="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr.count("no model.txt") == 1, ran.stderr
+    assert "logger log_model failed on" in ran.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", "log", "results/failing"],
+        cwd=project,
+        env=env_for(project, store),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("no model.txt") == 1, done.stderr
+    assert "logger log_model failed on" in done.stderr
+    assert "1 problem(s)" in done.stderr
+
+
 def test_stage_with_logger_syncs_before_returning(
     project: Path, store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -233,7 +233,7 @@ def _stage_name(run: Run) -> str | None:
 def _log_runs(
     runs: list[Run], settings: Settings, *, forced: Any, loggers: bool, quiet: bool
 ) -> int:
-    from ._mlflow import Syncer, progress_bar, tracking_uri
+    from ._mlflow import Syncer, progress_bar, reported, tracking_uri
 
     def say(text: str) -> None:
         print(f"xp log: {text}", file=sys.stderr)
@@ -259,7 +259,8 @@ def _log_runs(
                 points += report.metrics
             except Exception as e:
                 failed += 1
-                say(f"{run.dir}: {type(e).__name__}: {e}")
+                if not reported(e):  # a logger's failure was said with its name
+                    say(f"{run.dir}: {type(e).__name__}: {e}")
             advance()
     if not quiet:
         say(
