@@ -11,7 +11,7 @@ import yaml
 from ._git import checkout
 from ._paths import RunPaths
 from ._settings import find_project_root
-from .errors import LockError, RunNotFoundError
+from .errors import LockError
 
 __all__ = ["checkout_command"]
 
@@ -26,7 +26,7 @@ def checkout_command(args: list[str]) -> int:
         prog="xp checkout",
         description="Restore the code snapshot of a run as a detached git worktree.",
     )
-    parser.add_argument("run", metavar="RUN", help="a run directory")
+    parser.add_argument("run", metavar="RUN", help="run directory, latest link or id prefix")
     parser.add_argument(
         "dir", metavar="DIR", nargs="?", help="where to put it (default: <repo>-<sha> next to it)"
     )
@@ -38,12 +38,10 @@ def checkout_command(args: list[str]) -> int:
 
 
 def _resolve_run_dir(run: str) -> Path:
-    """The run directory named by ``run`` (for now: a directory holding a run.lock)."""
-    paths = RunPaths(Path(run).resolve())
-    if not paths.lock.is_file():
-        msg = f"{run}: not a run directory (no run.lock in it)"
-        raise RunNotFoundError(msg)
-    return paths.dir
+    """The run directory named by ``run``: a directory, ``latest`` link or id prefix."""
+    from ._runs import resolve_run
+
+    return Path(resolve_run(run).dir)
 
 
 def _snapshot_commit(run_dir: Path) -> str:
