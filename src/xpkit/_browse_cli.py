@@ -408,8 +408,8 @@ def _section(out: _Out, title: str, rows: Sequence[tuple[str, str]]) -> None:
 def diff_command(argv: list[str]) -> int:
     """``xp diff RUN_A RUN_B [--code]``: config, code, data, environment and metrics."""
     p = _parser("diff", "Compare two runs: config, code, data, environment and metrics.")
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("run_a", metavar="RUN_A", help="run directory, latest link or id prefix")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory, latest link or id prefix")
     p.add_argument("--code", action="store_true", help="the full code diff, not only its stat")
     args = p.parse_args(argv)
     a, b = resolve_run(args.run_a), resolve_run(args.run_b)
