@@ -351,3 +351,22 @@ def test_every_run_argument_is_described_the_same_way(command: str, tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     assert "run directory, latest link or id prefix" in " ".join(done.stdout.split())
+
+
+def test_output_into_a_closed_pipe_ends_quietly(pipeline: ModuleType) -> None:
+    """``xp ls | head``: the reader gone, xp exits 141 without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xpkit", "ls"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""
