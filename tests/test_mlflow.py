@@ -270,6 +270,8 @@ def test_a_failing_logger_is_reported_once_per_run(project: Path, store: str) ->
         timeout=120,
     )
     assert ran.returncode == 0, ran.stderr
+    # the seconds spent importing mlflow after the run are announced
+    assert "[xpkit] MLflow: syncing the run, then its loggers (log_model)" in ran.stderr
     assert ran.stderr.count("no model.txt") == 1, ran.stderr
     assert "logger log_model failed on" in ran.stderr
     done = subprocess.run(

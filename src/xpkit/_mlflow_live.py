@@ -78,6 +78,11 @@ class _RunTracking:
         tracker = _tracker()
         tracker.unwatch(self.run.dir)
         if self.stage.loggers:
+            if "mlflow" not in sys.modules:  # seconds of silence otherwise, after "completed"
+                names = ", ".join(getattr(fn, "__name__", "?") for fn in self.stage.loggers)
+                print(
+                    f"[xpkit] MLflow: syncing the run, then its loggers ({names})", file=sys.stderr
+                )
             tracker.syncer(self.settings).sync(self.run, loggers=list(self.stage.loggers))
         elif "mlflow" in sys.modules or not _spawn_sync(self.run.dir, self.settings):
             tracker.finish(self.run.dir, self.settings)
