@@ -327,3 +327,36 @@ def test_show_ambiguous_or_unknown_run_is_one_line(pipeline: ModuleType) -> None
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "no run matches 'nothing-like-this'" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["show", "diff", "lineage", "tasks", "push", "checkout"])
+def test_every_run_argument_is_described_the_same_way(command: str, tmp_path: Path) -> None:
+    """``xp COMMAND --help`` describes RUN as every other command does."""
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", command, "--help"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "run directory, latest link or id prefix" in " ".join(done.stdout.split())
+
+
+def test_output_into_a_closed_pipe_ends_quietly(pipeline: ModuleType) -> None:
+    """``xp ls | head``: the reader gone, xp exits 141 without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xpkit", "ls"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""

@@ -112,6 +112,31 @@ def test_a_child_holding_the_pipe_does_not_block_the_end(tmp_path: Path) -> None
     assert "bg-end" in out.stdout
 
 
+def test_an_idle_child_holding_the_pipe_costs_no_wait(tmp_path: Path) -> None:
+    """A quiet child holding stdout (joblib's idle workers) ends the capture once drained."""
+    out = run_python(
+        """
+        import subprocess, time
+        from pathlib import Path
+        from xpkit._capture import LogFile, capture_output
+        log = LogFile(Path("run.log"))
+        with capture_output(log, fds=True):
+            child = subprocess.Popen(["sh", "-c", "echo idle-child; sleep 5"])
+            time.sleep(0.3)
+            started = time.monotonic()
+        print("ended after", round(time.monotonic() - started, 2))
+        child.kill()
+        child.wait()
+        log.close()
+        """,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    seconds = float(out.stdout.split("ended after")[1].split()[0])
+    assert seconds < 1.0
+    assert "idle-child" in (tmp_path / "run.log").read_text()
+
+
 def test_python_level_capture_restores_streams(tmp_path: Path) -> None:
     """fds=False: print and stderr are copied; sys.stdout/stderr are restored, even on error."""
     log = LogFile(tmp_path / "run.log")

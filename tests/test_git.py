@@ -251,6 +251,33 @@ def test_checkout_command_reads_the_run_lock(repo: Path, tmp_path: Path) -> None
     assert (tmp_path / "co" / "train.py").read_text() == "x = 1\n"
 
 
+def test_checkout_command_takes_a_run_id_prefix(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``xp checkout <id prefix>`` finds the run under results/, as every RUN argument does."""
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("XPKIT_ROOT", str(repo))
+    run_dir = repo / "results" / "train" / "240101-120000"
+    run_dir.mkdir(parents=True)
+    lock = {
+        "xpkit": 1,
+        "id": "abc123def456",
+        "stage": "train",
+        "dir": "results/train/240101-120000",
+    }
+    lock.update(status="completed", src={"commit": snap(repo).commit})
+    (run_dir / "run.lock").write_text(yaml.safe_dump(lock))
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", "checkout", "abc123", str(tmp_path / "co")],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "co" / "train.py").read_text() == "x = 1\n"
+
+
 def test_checkout_command_without_snapshot_fails_cleanly(repo: Path) -> None:
     """A run without src.commit, or no run at all, is an XpkitError that says why."""
     run_dir = repo / "results" / "r"

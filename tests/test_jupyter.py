@@ -259,3 +259,56 @@ def test_run_all_cells_of_a_cell_script(project: Path, kernel: Kernel) -> None:
     assert reply["values"] == {"squares": "[0, 1, 4, 9]", "result": "14", "name": "'cells'"}
     (run_dir,) = runs(project, "cells")
     assert yaml.safe_load((run_dir / "run.lock").read_text())["status"] == "completed"
+
+
+METHOD_SCRIPT = """import json
+from dataclasses import dataclass
+
+import xpkit as xp
+
+
+@dataclass
+class Config:
+    n: int = 3
+
+
+@xp.stage
+def main(cfg: Config):
+    text = json.dumps(list(range(cfg.n)))
+    xp.log_metrics({"chars": len(text)})
+    return len(text)
+
+
+if __name__ == "__main__":
+    xp.run(main)
+"""
+
+
+def test_completed_run_hands_back_locals_when_the_body_calls_module_functions(
+    project: Path, kernel: Kernel
+) -> None:
+    """A body calling ``json.dumps``/``xp.log_metrics``: its locals reach the kernel on success."""
+    script = project / "method.py"
+    script.write_text(METHOD_SCRIPT)
+    kernel.execute(f"__file__ = {str(script)!r}", silent=True)
+    reply = kernel.execute(script.read_text(), text="text", status="main.last.status")
+    assert reply["status"] == "ok", kernel.output
+    assert reply["values"] == {"text": "'[0, 1, 2]'", "status": "'completed'"}
+    assert "in the console now: cfg, text" in "".join(kernel.output)
+
+
+def test_body_cell_with_log_metrics_reruns_outside_the_run(project: Path, kernel: Kernel) -> None:
+    """A body cell calling ``xp.log_metrics`` re-runs on the injected locals: nothing recorded."""
+    script = project / "method.py"
+    script.write_text(METHOD_SCRIPT)
+    kernel.execute(f"__file__ = {str(script)!r}", silent=True)
+    kernel.execute(script.read_text())
+    body = script.read_text().split("def main(cfg: Config):\n")[1].split("    return")[0]
+    metrics = project / "results" / "method" / "latest" / "metrics.jsonl"
+    before = metrics.read_text()
+    kernel.execute("cfg.n = 5")
+    reply = kernel.execute(body, text="text")  # indented, as VSCode sends it: IPython dedents
+    assert reply["status"] == "ok", kernel.output
+    assert reply["values"] == {"text": "'[0, 1, 2, 3, 4]'"}
+    assert "xp.log_metrics() outside a running stage: not recorded" in "".join(kernel.output)
+    assert metrics.read_text() == before

@@ -315,6 +315,9 @@ def test_cli_sweep_and_failing_point(project: Path) -> None:
     )
     assert done.returncode == 1
     assert "1 of 3 sweep points failed" in done.stderr
+    # one line naming the failed point's run directory (relative), no xpkit traceback
+    assert "Traceback" not in done.stderr
+    assert "error: 1 of 3 sweep points failed (results/job/" in done.stderr
     statuses = sorted(
         load_lock(p).status for p in (project / "results" / "job").iterdir() if not p.is_symlink()
     )

@@ -248,6 +248,45 @@ def test_logger_added_later_is_applied_to_every_past_run_without_rerunning(
     assert (project / "counter.txt").read_text() == "ran\n" * 5
 
 
+FAILING_LOGGER = """
+@main.logger
+def log_model(run, mlflow):
+    raise FileNotFoundError("no model.txt in " + run.dir.name)
+"""
+
+
+def test_a_failing_logger_is_reported_once_per_run(project: Path, store: str) -> None:
+    """`xp log` and the run's own final sync each say a logger's failure once, with its name."""
+    script = project / "failing.py"
+    body, main_block = textwrap.dedent(STAGE_SCRIPT.format(name="failing")).split("if __name__")
+    script.write_text(body + textwrap.dedent(FAILING_LOGGER) + "\nif __name__" + main_block)
+    ran = subprocess.run(
+        [sys.executable, "failing.py"],
+        cwd=project,
+        env=env_for(project, store, XPKIT_TRACKING="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    # the seconds spent importing mlflow after the run are announced
+    assert "[xpkit] MLflow: syncing the run, then its loggers (log_model)" in ran.stderr
+    assert ran.stderr.count("no model.txt") == 1, ran.stderr
+    assert "logger log_model failed on" in ran.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", "log", "results/failing"],
+        cwd=project,
+        env=env_for(project, store),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("no model.txt") == 1, done.stderr
+    assert "logger log_model failed on" in done.stderr
+    assert "1 problem(s)" in done.stderr
+
+
 def test_stage_with_logger_syncs_before_returning(
     project: Path, store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,6 +378,28 @@ def test_tracking_uri_defaults_to_a_sqlite_file_under_results(
     (tmp_path / "pyproject.toml").write_text('[tool.xpkit]\ntracking_uri = "http://h:5000"\n')
     clear_settings_cache()
     assert tracking_uri() == "http://h:5000"
+
+
+def test_runs_synced_into_the_default_store_are_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store's artifact copies (results/mlartifacts/.../run.lock) are not runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XPKIT_TRACKING", "0")
+    clear_settings_cache()
+
+    @xp.stage(name="listed_once", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a config default, never mutated
+        xp.log_metrics({"n": cfg.n})
+
+    main()
+    assert main.last is not None
+    sync_run(main.last)
+    clear_settings_cache()
+    assert list((tmp_path / "results" / "mlartifacts").rglob("run.lock"))
+    assert [r.dir for r in xp.runs()] == [main.last.dir]
 
 
 def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

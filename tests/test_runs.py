@@ -115,8 +115,19 @@ def test_where_rejects_a_bad_expression_with_its_column(pipeline: ModuleType) ->
     """A malformed expression is one ExpressionError pointing at the column."""
     with pytest.raises(ExpressionError, match=r"column 12: expected a field .* found the end"):
         xp.runs(where="config.lr >")
-    with pytest.raises(ExpressionError, match=r"column 1: one side must be a field"):
-        xp.runs(where="lr > 0.1")
+    with pytest.raises(ExpressionError, match=r"column 1: one side must be a field.*closest: lr"):
+        xp.runs(where="lrr > 0.1")
+
+
+def test_where_and_sort_take_the_short_names_the_table_shows(pipeline: ModuleType) -> None:
+    """``lr`` and ``acc`` (as ``xp ls`` heads its columns) stand for config.lr, metrics.acc."""
+    short = xp.runs(where="lr > 0.01 and acc >= 0.5", sort="-lr")
+    assert [r.config.lr for r in short] == [0.3, 0.1]
+    assert [r.id for r in short] == [
+        r.id for r in xp.runs(where="config.lr > 0.01", sort="-config.lr")
+    ]
+    # a bare word naming no key stays a string
+    assert [r.stage for r in xp.runs(where="stage == prepare")] == ["prepare"]
 
 
 def test_sort_and_limit(pipeline: ModuleType) -> None:
@@ -126,8 +137,8 @@ def test_sort_and_limit(pipeline: ModuleType) -> None:
     by_lr = xp.runs(sort="config.lr")
     assert [r.config.lr for r in by_lr[: len(LRS)]] == list(LRS)
     assert {r.stage for r in list(by_lr)[len(LRS) :]} == {"prepare", "evaluate"}
-    with pytest.raises(ExpressionError, match="bad sort key 'lr'"):
-        xp.runs(sort="lr")
+    with pytest.raises(ExpressionError, match="bad sort key 'lrr'"):
+        xp.runs(sort="lrr")
 
 
 def test_to_pandas_has_typed_columns(pipeline: ModuleType) -> None:

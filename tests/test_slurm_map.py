@@ -108,6 +108,9 @@ def test_array_chunked_map_returns_at_once_and_finishes_in_one_run(project: Path
     )
     assert submitted.returncode == 0, submitted.stderr
     assert time.monotonic() - start < 20
+    said = submitted.stdout + submitted.stderr
+    assert said.count("submitted") == 1  # said once, with how to follow the jobs
+    assert "--wait" in said
     run = the_run(project)
     lock = load_lock(run)
     assert lock.status in ("running", "completed")

@@ -183,7 +183,8 @@ def ls_command(argv: list[str]) -> int:
     p = _parser("ls", "List runs, newest first, with the config keys that vary and metrics.")
     p.epilog = (
         "EXPR compares fields (config.KEY, metrics.NAME, id, stage, status, dir, started, "
-        "duration_s, commit) with == != < <= > >= (two numbers compare as numbers), "
+        "duration_s, commit; KEY or NAME alone when unambiguous, as the table heads them) "
+        "with == != < <= > >= (two numbers compare as numbers), "
         "combined with and, or, not and parentheses; strings may be quoted or bare. "
         "Example: xp ls --where 'config.lr > 0.01 and status == completed' --sort -metrics.acc"
     )
@@ -402,8 +403,8 @@ def _section(out: _Out, title: str, rows: Sequence[tuple[str, str]]) -> None:
 def diff_command(argv: list[str]) -> int:
     """``xp diff RUN_A RUN_B [--code]``: config, code, data, environment and metrics."""
     p = _parser("diff", "Compare two runs: config, code, data, environment and metrics.")
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("run_a", metavar="RUN_A", help="run directory, latest link or id prefix")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory, latest link or id prefix")
     p.add_argument("--code", action="store_true", help="the full code diff, not only its stat")
     args = p.parse_args(argv)
     a, b = resolve_run(args.run_a), resolve_run(args.run_b)

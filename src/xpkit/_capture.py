@@ -24,6 +24,9 @@ from typing import IO, Any
 __all__ = ["LogFile", "capture_output"]
 
 _fd_capture_active = False
+# a captured pipe that stays empty this long after the run is drained
+_QUIET_S = 0.1
+_QUIET_POLL_S = 0.02
 
 
 class LogFile:
@@ -190,6 +193,7 @@ class _FdPump:
         os.dup2(write_end, fd)
         os.close(write_end)
         self._read_end = read_end
+        self._waiting = False
         self._thread = threading.Thread(target=self._pump, name=f"xpkit-fd{fd}", daemon=True)
         self._thread.start()
 
@@ -198,10 +202,13 @@ class _FdPump:
         # stderr (two pumps) interleave there line by line, never mid-line
         pending = b""
         while True:
+            self._waiting = True
             try:
                 chunk = os.read(self._read_end, 65536)
             except OSError:
                 break
+            finally:
+                self._waiting = False
             if not chunk:
                 break
             with contextlib.suppress(OSError):
@@ -219,12 +226,41 @@ class _FdPump:
         os.dup2(self._saved, self._fd)
 
     def finish(self, *, timeout_s: float) -> None:
-        """Wait for the pump to drain the pipe (``timeout_s`` at most) and release its fds."""
-        self._thread.join(timeout=timeout_s)
+        """Wait for the pump to drain the pipe (``timeout_s`` at most) and release its fds.
+
+        Children still holding the pipe (joblib's idle workers and resource trackers live
+        until the process exits) never let it close: once it is empty and quiet, stop
+        waiting; the pump keeps copying anything they write later to the terminal.
+        """
+        deadline = time.monotonic() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            self._thread.join(timeout=_QUIET_POLL_S)
+            now = time.monotonic()
+            if not self._thread.is_alive() or now >= deadline:
+                break
+            if self._waiting and _unread_bytes(self._read_end) == 0:
+                quiet_since = now if quiet_since is None else quiet_since
+                if now - quiet_since >= _QUIET_S:
+                    break
+            else:
+                quiet_since = None
         if not self._thread.is_alive():
             os.close(self._read_end)
             os.close(self._saved)
         # else: leave both fds open; the pump may still write to them when the child exits
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes waiting in pipe ``fd``; -1 where the platform cannot tell (then wait for EOF)."""
+    try:
+        import fcntl
+        import termios
+
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except (ImportError, OSError):
+        return -1
+    return int.from_bytes(buf, sys.byteorder, signed=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -161,6 +161,22 @@ def _require(what: str) -> ActiveRun:
     return run
 
 
+_console_noted: set[str] = set()
+
+
+def _console_cell(what: str) -> bool:
+    """True in an IPython/Jupyter console, where a body's ``# %%`` cells re-run outside any
+    run: there ``xp.{what}()`` records nothing (said once per session) instead of raising."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None or get_ipython() is None:
+        return False
+    if what not in _console_noted:
+        _console_noted.add(what)
+        print(f"[xpkit] xp.{what}() outside a running stage: not recorded", file=sys.stderr)
+    return True
+
+
 def current() -> Run:
     """The ``Run`` of the stage executing now.
 
@@ -178,6 +194,8 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     Example:
         >>> xp.log_metrics({"loss": 0.1, "acc": 0.9}, step=epoch)  # doctest: +SKIP
     """
+    if _active.get() is None and _console_cell("log_metrics"):
+        return
     _require("log_metrics").log_metrics(metrics, step)
 
 
@@ -191,6 +209,8 @@ def get_logger() -> logging.Logger:
 
 def track_data(path: str | os.PathLike[str]) -> None:
     """Hash ``path`` in the background and record it in run.lock ``data`` under its path."""
+    if _active.get() is None and _console_cell("track_data"):
+        return
     run = _require("track_data")
     recorder: Any = run.recorder("data")
     recorder.track(str(path), Path(path))

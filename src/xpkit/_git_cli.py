@@ -28,7 +28,7 @@ def checkout_command(args: list[str]) -> int:
         prog="xp checkout",
         description="Restore the code snapshot of a run as a detached git worktree.",
     )
-    parser.add_argument("run", metavar="RUN", help="a run directory or id prefix")
+    parser.add_argument("run", metavar="RUN", help="run directory, latest link or id prefix")
     parser.add_argument(
         "dir", metavar="DIR", nargs="?", help="where to put it (default: <repo>-<sha> next to it)"
     )

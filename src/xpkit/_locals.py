@@ -134,18 +134,31 @@ def _same_code(fn: types.FunctionType) -> bool:
     """True when the source file still compiles to ``fn``'s code (it was not edited since).
 
     The whole file is compiled, not the function alone: CPython's code generation depends on
-    module-level context (e.g. method calls on imported modules).
+    module-level context (e.g. method calls on imported modules). IPython compiles each
+    top-level statement of a cell on its own, so that is tried too.
     """
     code = fn.__code__
     source = "".join(linecache.getlines(code.co_filename))
     try:
-        module = compile(source, code.co_filename, "exec", dont_inherit=True)
+        tree = ast.parse(source, code.co_filename)
+        units = [ast.Module(body=tree.body, type_ignores=[])]
+        units += [ast.Module(body=[node], type_ignores=[]) for node in tree.body]
+        for unit in units:
+            module = compile(unit, code.co_filename, "exec", dont_inherit=True)
+            if any(_is_twin_source(c, code) for c in _code_objects(module)):
+                return True
     except (SyntaxError, ValueError):
         return False
-    return any(
-        c.co_code == code.co_code and c.co_names == code.co_names and c.co_consts == code.co_consts
-        for c in _code_objects(module)
-        if c.co_name == code.co_name and c.co_firstlineno == code.co_firstlineno
+    return False
+
+
+def _is_twin_source(candidate: types.CodeType, code: types.CodeType) -> bool:
+    return (
+        candidate.co_name == code.co_name
+        and candidate.co_firstlineno == code.co_firstlineno
+        and candidate.co_code == code.co_code
+        and candidate.co_names == code.co_names
+        and candidate.co_consts == code.co_consts
     )
 
 

@@ -549,7 +549,7 @@ def sweep_stage(
     runs = [Run(path) for path, _ in outcomes if path]
     if runs and backend == "joblib":
         stage.last = runs[-1]
-    failed = [f"{path}: {error}" for path, error in outcomes if error]
+    failed = [f"{_shown(path)}: {error}" for path, error in outcomes if error]
     if failed:
         msg = f"{len(failed)} of {len(points)} sweep points failed ({'; '.join(failed)})"
         raise TaskError(msg)
@@ -569,6 +569,16 @@ def sweep_point(
         return str(stage.last.dir), f"{type(e).__name__}: {e}"
     assert stage.last is not None
     return str(stage.last.dir), None
+
+
+def _shown(path: str) -> str:
+    """A run directory as the user names it: relative to the working directory if inside."""
+    if not path:
+        return "(no run directory)"
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
 
 
 def _plain(value: Any) -> Any:
@@ -604,11 +614,8 @@ def map_from_cli(
         stop_on_error=options.stop_on_error or (options.pdb and backend == "serial"),
     )
     tasks = read_tasks_file(options.tasks) if options.tasks else None
-    run = map_stage(stage, cfg, tasks, map_options, argv=argv, fds=fds, src=src)
-    if backend == "slurm":
-        jobs = ", ".join(map(str, (run.reload().lock.tasks or {}).get("jobs", [])))
-        print(f"[xpkit] submitted Slurm job(s) {jobs}; follow: xp tasks {run.dir} --wait")
-    return run
+    # a Slurm submission names its jobs and how to follow them in the run's log
+    return map_stage(stage, cfg, tasks, map_options, argv=argv, fds=fds, src=src)
 
 
 def sweep_from_cli(

@@ -616,11 +616,22 @@ class Syncer:
                         _log.warning(
                             "logger %s failed on %s: %s: %s", name, run.dir, type(e).__name__, e
                         )
+                        with contextlib.suppress(AttributeError):  # said: not again by callers
+                            setattr(e, LOGGER_FAILED, True)
                         errors.append(e)
         finally:
             self._set_status(run_id, run.lock)  # start_run/end_run changed status and end time
         if errors:
             raise errors[0]
+
+
+# set on an exception a ``@main.logger`` function raised, once its warning was logged
+LOGGER_FAILED = "_xpkit_logger_failed"
+
+
+def reported(exc: BaseException) -> bool:
+    """True when ``exc`` came from a logger whose failure was already logged."""
+    return bool(getattr(exc, LOGGER_FAILED, False))
 
 
 @contextlib.contextmanager

@@ -177,7 +177,7 @@ def _stage_name(run: Run) -> str | None:
 def _log_runs(
     runs: list[Run], settings: Settings, *, forced: Any, loggers: bool, quiet: bool
 ) -> int:
-    from ._mlflow import Syncer, tracking_uri
+    from ._mlflow import Syncer, reported, tracking_uri
 
     def say(text: str) -> None:
         print(f"xp log: {text}", file=sys.stderr)
@@ -204,7 +204,8 @@ def _log_runs(
                 points += report.metrics
             except Exception as e:
                 failed += 1
-                say(f"{run.dir}: {type(e).__name__}: {e}")
+                if not reported(e):  # a logger's failure was said with its name
+                    say(f"{run.dir}: {type(e).__name__}: {e}")
             bar.advance()
     if not quiet:
         say(

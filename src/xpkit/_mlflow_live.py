@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._mlflow import Syncer, tracking_enabled, tracking_uri
+from ._mlflow import Syncer, reported, tracking_enabled, tracking_uri
 from ._paths import RunPaths
 from ._run import Run
 from ._settings import Settings
@@ -71,12 +71,18 @@ class _RunTracking:
         try:
             self._end()
         except Exception as e:
-            _log.warning("MLflow sync of %s failed: %s: %s", self.run.dir, type(e).__name__, e)
+            if not reported(e):  # a logger's failure was said with its name
+                _log.warning("MLflow sync of %s failed: %s: %s", self.run.dir, type(e).__name__, e)
 
     def _end(self) -> None:
         tracker = _tracker()
         tracker.unwatch(self.run.dir)
         if self.stage.loggers:
+            if "mlflow" not in sys.modules:  # seconds of silence otherwise, after "completed"
+                names = ", ".join(getattr(fn, "__name__", "?") for fn in self.stage.loggers)
+                print(
+                    f"[xpkit] MLflow: syncing the run, then its loggers ({names})", file=sys.stderr
+                )
             tracker.syncer(self.settings).sync(self.run, loggers=list(self.stage.loggers))
         elif "mlflow" in sys.modules or not _spawn_sync(self.run.dir, self.settings):
             tracker.finish(self.run.dir, self.settings)

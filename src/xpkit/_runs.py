@@ -19,7 +19,7 @@ from ._config import flatten
 from ._run import Run
 from ._runindex import RunIndex
 from ._settings import Settings, load_settings
-from ._where import FIELDS, compile_where
+from ._where import FIELDS, compile_where, resolve_field
 from .errors import (
     AmbiguousRunError,
     ExpressionError,
@@ -119,6 +119,10 @@ def _add(run_dir: str, found: list[str], seen: set[str], real: str | None = None
         found.append(run_dir)
 
 
+# MLflow's artifact stores (the default one lives under results/) hold copies of run.lock
+_NOT_RUNS = frozenset({"mlartifacts", "mlruns"})
+
+
 def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -> None:
     """Collect run directories below ``top``; ``real`` is its resolved path when known."""
     try:
@@ -133,8 +137,8 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
             return  # never walk the inside of a run directory
         if entry.name.startswith(".") or (entry.name == "latest" and entry.is_symlink()):
             continue
-        if entry.name == "mlartifacts":
-            continue  # MLflow's artifact copies of run.lock files (_mlflow.artifacts_root)
+        if entry.name in _NOT_RUNS:
+            continue
         if entry.is_dir():
             # realpath only across symlinks (a run linked from a store): it costs a syscall
             # per path component
@@ -224,7 +228,7 @@ class Runs(Sequence[Run]):
             ExpressionError: ``test`` is an invalid expression.
         """
         if isinstance(test, str):
-            check = compile_where(test)
+            check = compile_where(test, self._keys())
             return self._derive(r for r in self._runs if check(self.record(r)))
         return self._derive(r for r in self._runs if test(r))
 
@@ -237,7 +241,7 @@ class Runs(Sequence[Run]):
         if callable(key):
             return self._derive(sorted(self._runs, key=key, reverse=reverse))
         descending = key.startswith("-") != reverse
-        name = key.lstrip("-")
+        name = resolve_field(key.lstrip("-"), self._keys()) or key.lstrip("-")
         if name not in FIELDS and not name.startswith(("config.", "metrics.")):
             fields = ", ".join(FIELDS)
             msg = (
@@ -261,6 +265,10 @@ class Runs(Sequence[Run]):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return (0, float(value), "")
         return (1, 0.0, str(value))
+
+    def _keys(self) -> set[str]:
+        """Every record key of these runs (for ``lr`` to stand for ``config.lr``)."""
+        return {key for run in self._runs for key in self.record(run)}
 
     def limit(self, n: int) -> Runs:
         """The first ``n`` runs."""

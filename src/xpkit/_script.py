@@ -17,7 +17,7 @@ from . import _config
 from ._lock import now
 from ._run import Run
 from ._stage import Stage, _source_files, _user_traceback
-from .errors import ConfigError, XpkitError
+from .errors import ConfigError, TaskError, XpkitError
 
 __all__ = ["build_config", "build_parser", "run"]
 
@@ -70,6 +70,13 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         argv_run = [_script_name(stage), *args]
         _launch(stage, cfg, options, argv=argv_run, fds=not interactive)
     except BaseException as e:
+        if options.sweep and isinstance(e, TaskError):
+            # each failed point logged its error and keeps its traceback in its run.log
+            print(f"error: {e}", file=sys.stderr)
+            if interactive and stage.last is not None and stage.last is not before:
+                _hand_back(stage.last, caller)
+            _exit(interactive, EXIT_FAILED)
+            return stage.last if interactive else None
         if stage.last is before or stage.last is None:
             if isinstance(e, XpkitError):  # bad input: nothing ran, no run directory
                 print(f"error: {e}", file=sys.stderr)

@@ -21,7 +21,9 @@ def push_command(argv: list[str]) -> int:
         prog="xp push",
         description="Copy runs and their whole lineage (run directories and code) to a store.",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="a run directory or id prefix")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directory, latest link or id prefix"
+    )
     parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
     parser.add_argument(
         "--git-remote", metavar="NAME", help="also push the code as refs/xpkit/runs/<id> there"

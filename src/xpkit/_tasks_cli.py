@@ -18,7 +18,9 @@ __all__ = ["main"]
 def main(argv: list[str]) -> int:
     """Show done / failed / left, throughput, Slurm job states and failed tasks of a run."""
     parser = argparse.ArgumentParser(prog="xp tasks", description=main.__doc__)
-    parser.add_argument("run", metavar="RUN", help="a mapped run directory")
+    parser.add_argument(
+        "run", metavar="RUN", help="run directory, latest link or id prefix (of a mapped run)"
+    )
     parser.add_argument("--wait", action="store_true", help="follow until the map ends")
     parser.add_argument(
         "--failed", action="store_true", help="print every failed task with its traceback"

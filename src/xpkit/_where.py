@@ -9,7 +9,9 @@
     operand    := field | number | 'quoted' | "quoted" | bare-word
 
 Fields are ``config.<dotted.key>``, ``metrics.<name>``, ``id``, ``stage``, ``status``,
-``dir``, ``started``, ``duration_s`` and ``commit``; any other bare word is a string.
+``dir``, ``started``, ``duration_s`` and ``commit``; a config key or metric name may drop its
+prefix, as the ``xp ls`` table shows it (``lr``, ``optim.lr``, ``loss``), when the runs'
+``keys`` name exactly one; any other bare word is a string.
 Two numbers compare as numbers, anything else as text (``true``, ``false``, ``null`` for
 booleans and None). A field the run does not have makes its comparison false; a field
 alone tests that its value is truthy.
@@ -22,15 +24,16 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ExpressionError
 
-__all__ = ["FIELDS", "compile_where"]
+__all__ = ["FIELDS", "compile_where", "resolve_field"]
 
 FIELDS = ("id", "stage", "status", "dir", "started", "duration_s", "commit")
 _PREFIXES = ("config.", "metrics.")
@@ -95,8 +98,9 @@ def _error(expr: str, pos: int, what: str) -> ExpressionError:
 
 
 class _Parser:
-    def __init__(self, expr: str) -> None:
+    def __init__(self, expr: str, keys: Collection[str] = ()) -> None:
         self.expr = expr
+        self.keys = keys
         self.tokens = _tokenize(expr)
         self.i = 0
 
@@ -163,7 +167,9 @@ class _Parser:
         if not isinstance(left, _Field) and not isinstance(right, _Field):
             fields = f"config.KEY, metrics.NAME, {', '.join(FIELDS)}"
             what = f"one side must be a field ({fields})"
-            raise _error(self.expr, start.pos, f"{what}, found {start.text!r}")
+            close = _closest(start.text, self.keys)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise _error(self.expr, start.pos, f"{what}, found {start.text!r}{hint}")
         compare = _OPS[op]
         return lambda r: _compare(_value(left, r), _value(right, r), compare)
 
@@ -174,7 +180,11 @@ class _Parser:
             return _unquote(tok.text)
         if tok.kind == "word":
             self.take()
-            return _word(tok.text)
+            try:
+                full = resolve_field(tok.text, self.keys)
+            except ExpressionError as e:
+                raise _error(self.expr, tok.pos, str(e)) from None
+            return _Field(full) if full is not None else _word(tok.text)
         raise self.fail("expected a field (config.KEY, metrics.NAME, status, ...) or a value")
 
 
@@ -229,10 +239,32 @@ def _truthy(value: Any) -> bool:
     return value is not _MISSING and bool(value)
 
 
-def compile_where(expr: str) -> Test:
+def resolve_field(name: str, keys: Collection[str]) -> str | None:
+    """The field ``name`` stands for: itself when a field, else the one ``config.<name>`` or
+    ``metrics.<name>`` among ``keys`` (the runs' record keys); None when neither.
+
+    Raises:
+        ExpressionError: ``name`` is both a config key and a metric.
+    """
+    if name in FIELDS or name.startswith(_PREFIXES):
+        return name
+    found = [prefix + name for prefix in _PREFIXES if prefix + name in keys]
+    if len(found) > 1:
+        msg = f"{name!r} is both {found[0]} and {found[1]}: write one of them"
+        raise ExpressionError(msg)
+    return found[0] if found else None
+
+
+def _closest(name: str, keys: Collection[str]) -> list[str]:
+    return difflib.get_close_matches(name, [k.split(".", 1)[1] for k in keys if "." in k], n=3)
+
+
+def compile_where(expr: str, keys: Collection[str] = ()) -> Test:
     """Parse ``expr`` into a test of one flat run record (``{"config.lr": 0.1, ...}``).
+
+    ``keys``: the record keys of the runs, so that ``lr`` may stand for ``config.lr``.
 
     Raises:
         ExpressionError: ``expr`` is not valid; the message points at the column.
     """
-    return _Parser(expr).parse()
+    return _Parser(expr, keys).parse()
