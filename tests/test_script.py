@@ -366,6 +366,9 @@ def test_signal_marks_the_run_interrupted_and_exits_130(tmp_path: Path, signum: 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job (a CI runner) starts with SIGINT ignored, which Python
+        # keeps: give the script the default disposition a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
