@@ -302,6 +302,28 @@ def test_sweep_makes_one_run_per_point_grouped(project: Path) -> None:
     assert [load_lock(r.dir).config["x"] for r in runs] == [1, 1, 2, 2]
 
 
+def test_ls_groups_the_points_of_a_sweep(project: Path) -> None:
+    """xp ls shows a sweep column (sweep id and point) and --format json carries it."""
+    runs = square.sweep({"x": [1, 2]})
+    sweep_id = load_lock(runs[0].dir).extra["sweep"]["id"]
+    env = script_env(project)
+    table = subprocess.run(
+        [sys.executable, "-m", "xpkit", "ls"], env=env, capture_output=True, text=True
+    )
+    assert table.returncode == 0, table.stderr
+    assert "sweep" in table.stdout.splitlines()[0]
+    assert f"{sweep_id[:6]} 1/2" in table.stdout
+    assert f"{sweep_id[:6]} 2/2" in table.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "xpkit", "ls", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    sweeps = sorted(r["sweep"] for r in json.loads(listed.stdout))
+    assert sweeps == [f"{sweep_id} 1/2", f"{sweep_id} 2/2"]
+
+
 def test_cli_sweep_and_failing_point(project: Path) -> None:
     """--sweep x=1,2,3 with one failing point: three runs, exit status 1."""
     (project / "job.py").write_text(

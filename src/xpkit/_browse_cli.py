@@ -275,13 +275,16 @@ def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
     config = varying_keys(records)
     metrics = list(dict.fromkeys(k for r in records for k in r if k.startswith("metrics.")))
     with_data = any(r._brief.data for r in shown)
+    with_sweep = any("sweep" in r for r in records)
     headers = ["id", "stage", "status", "started", "duration"]
+    headers += ["sweep"] if with_sweep else []
     headers += ["data"] if with_data else []
     headers += [*_short_names(config + metrics), "commit"]
     rows = []
     for run, rec in zip(shown, records, strict=True):
         row = [rec["id"], rec["stage"], rec["status"], _when(rec["started"])]
         row.append(_duration(rec["duration_s"]))
+        row += [_sweep_cell(rec.get("sweep"))] if with_sweep else []
         row += (["*" if run in changed else ""]) if with_data else []
         row += [_cell(rec.get(k)) for k in config + metrics]
         row.append((rec["commit"] or "")[:7])
@@ -292,6 +295,14 @@ def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
         print("no runs found", file=sys.stderr)
         return
     out.table(headers, rows, styles=styles)
+
+
+def _sweep_cell(sweep: str | None) -> str:
+    """``"<sweep id> k/n"`` shortened to the id's first 6 digits, as ``xp ls`` shows ids."""
+    if not sweep:
+        return ""
+    sweep_id, _, point = sweep.partition(" ")
+    return f"{sweep_id[:6]} {point}"
 
 
 def _short_names(keys: list[str]) -> list[str]:

@@ -46,10 +46,11 @@ HEAD_KEYS = frozenset(
         "data",
         "metrics",
         "tasks",
+        "sweep",
     }
 )
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
 
 
 def _cut(text: str) -> str:

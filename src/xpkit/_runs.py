@@ -339,6 +339,9 @@ def run_record(run: Run) -> dict[str, Any]:
         "duration_s": run.duration_s,
         "commit": run.commit,
     }
+    sweep = lock.extra.get("sweep")
+    if isinstance(sweep, Mapping) and "id" in sweep:  # a point of a grid: "<sweep id> k/n"
+        record["sweep"] = f"{sweep['id']} {int(sweep.get('point', 0)) + 1}/{sweep.get('total')}"
     flatten(lock.config, "config.", into=record)
     for name, value in (lock.metrics or {}).items():
         record[f"metrics.{name}"] = value
