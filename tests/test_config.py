@@ -146,3 +146,15 @@ def test_describe_fields_lists_types_defaults_and_comments() -> None:
     assert fields["optim.lr"].doc == "the step size"
     assert fields["required"].default == "(required)"
     assert fields["tag"].doc == ""
+
+
+def test_unknown_leaf_suggests_the_nested_key() -> None:
+    """lr=0.3 when lr lives in a group: the error names optim.lr."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'lr' .*closest: optim\.lr"):
+        _config.apply_dotlist(base(), ["lr=0.3"], source="command line")
+
+
+def test_a_group_set_to_a_value_names_its_keys() -> None:
+    """optim=3 when optim is a nested dataclass: the error lists the keys to set instead."""
+    with pytest.raises(ConfigError, match=r"'optim' is a group of keys.*set optim\.lr"):
+        _config.apply_dotlist(base(), ["optim=3"], source="command line")

@@ -229,7 +229,10 @@ def _translate(e: oc_errors.OmegaConfBaseException, cfg: DictConfig, source: str
     if isinstance(e, oc_errors.ConfigKeyError) and key:
         import difflib
 
-        close = difflib.get_close_matches(key, dotted_keys(cfg), n=3, cutoff=0.5)
+        keys = dotted_keys(cfg)
+        leaf = key.rsplit(".", 1)[-1]
+        same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+        close = same_leaf[:3] or difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
         if close:
             hint = f"; closest: {', '.join(close)}"
         else:
@@ -240,8 +243,26 @@ def _translate(e: oc_errors.OmegaConfBaseException, cfg: DictConfig, source: str
     if isinstance(e, oc_errors.ValidationError) and key:
         msg = f"config key {key!r}: {first} ({source})"
         return ConfigError(msg)
+    group = _group_replaced(cfg, first)
+    if group is not None:  # ``optim=3`` where optim is a nested dataclass
+        fields = ", ".join(f"{group}.{k}" for k in cfg[group])
+        msg = f"config key {group!r} is a group of keys, not a value ({source}); set {fields}"
+        return ConfigError(msg)
     where = f"config key {key!r}: " if key else ""
     return ConfigError(f"{where}{first} ({source})")
+
+
+def _group_replaced(cfg: DictConfig, message: str) -> str | None:
+    """The top-level group a merge tried to replace by a plain value (OmegaConf's merge error)."""
+    if not message.startswith("Merge error:"):
+        return None
+    for key in cfg:
+        node = cfg._get_node(key)
+        kind = getattr(node, "_metadata", None)
+        name = getattr(getattr(kind, "object_type", None), "__name__", None)
+        if isinstance(node, DictConfig) and name and f"subclass of {name}" in message:
+            return str(key)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -387,7 +387,8 @@ def _guarded_body(body: Body, active: ActiveRun) -> Outcome:
 def _finish(active: ActiveRun, recorders: list[Recorder], outcome: Outcome, log: LogFile) -> None:
     status, error = _outcome(outcome.error)
     if error is not None:
-        active.logger.error("run %s %s: %s: %s", active.id, status, error["type"], error["message"])
+        reason = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
+        active.logger.error("run %s %s: %s", active.id, status, reason)
         log.write(error["traceback"])
     sections: dict[str, Any] = {}
     for recorder in recorders:
