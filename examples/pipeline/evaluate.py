@@ -22,7 +22,7 @@ def main(cfg: Config) -> dict[str, float]:
     model = json.loads((Path(cfg.model) / "model.json").read_text())
     preds = [sum(model["w"][k] * r[k] for k in model["w"]) + model["b"] for r in rows]
     ys = [r["y"] for r in rows]
-    mse = sum((p - y) ** 2 for p, y in zip(preds, ys)) / len(ys)
+    mse = sum((p - y) ** 2 for p, y in zip(preds, ys, strict=True)) / len(ys)
     mean = sum(ys) / len(ys)
     r2 = 1 - mse / (sum((y - mean) ** 2 for y in ys) / len(ys))
     xp.log_metrics({"test_mse": mse, "r2": r2})

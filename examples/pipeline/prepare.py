@@ -27,7 +27,10 @@ def main(cfg: Config) -> dict[str, int]:
 
     # %% standardize and split
     stats = {k: _mean_std([r[k] for r in rows]) for k in features}
-    scaled = [{**{k: (r[k] - stats[k][0]) / stats[k][1] for k in features}, "y": r["price_k"]} for r in rows]
+    scaled = [
+        {**{k: (r[k] - stats[k][0]) / stats[k][1] for k in features}, "y": r["price_k"]}
+        for r in rows
+    ]
     random.Random(cfg.seed).shuffle(scaled)
     n_test = int(len(scaled) * cfg.test_fraction)
     out = Path(cfg.save_dir)

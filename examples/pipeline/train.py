@@ -21,12 +21,12 @@ def main(cfg: Config) -> dict[str, float]:
     # %% data
     rows = json.loads((Path(cfg.prep) / "train.json").read_text())
     features = [k for k in rows[0] if k != "y"]
-    w = {k: 0.0 for k in features}
+    w = dict.fromkeys(features, 0.0)
     b = 0.0
 
     # %% gradient descent
     for epoch in range(cfg.epochs):
-        grad_w = {k: 0.0 for k in features}
+        grad_w = dict.fromkeys(features, 0.0)
         grad_b = 0.0
         loss = 0.0
         for r in rows:

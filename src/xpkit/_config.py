@@ -49,7 +49,12 @@ def _now_resolver(fmt: str = "%y%m%d-%H%M%S") -> str:
     return (_now.get() or dt.datetime.now()).strftime(fmt)
 
 
-OmegaConf.register_new_resolver("now", _now_resolver, replace=True)
+# OmegaConf 2.4 made register_resolver the API (register_new_resolver warns there); in
+# 2.3 register_resolver is the legacy one-argument form and register_new_resolver is right.
+if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:
+    OmegaConf.register_resolver("now", _now_resolver, replace=True)
+else:
+    OmegaConf.register_new_resolver("now", _now_resolver, replace=True)
 
 
 @contextlib.contextmanager

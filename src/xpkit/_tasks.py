@@ -341,10 +341,7 @@ class TaskConfigs:
                 OmegaConf.update(cfg, self._key, task, merge=True)
                 return cfg
             for name, value in task.items():
-                if isinstance(value, Mapping):
-                    OmegaConf.update(cfg, str(name), value, merge=True)
-                else:
-                    cfg[name] = value
+                OmegaConf.update(cfg, str(name), value, merge=True)
         except oc_errors.OmegaConfBaseException:
             self._raise_config_error(task, index)
         return cfg
