@@ -324,6 +324,24 @@ def test_ls_groups_the_points_of_a_sweep(project: Path) -> None:
     assert sweeps == [f"{sweep_id} 1/2", f"{sweep_id} 2/2"]
 
 
+def test_cli_sweep_ends_with_one_summary_line(project: Path) -> None:
+    """--sweep x=1,2: one line naming the sweep and where to compare its runs."""
+    (project / "job.py").write_text(textwrap.dedent(SCRIPT))
+    done = subprocess.run(
+        [sys.executable, "job.py", "--sweep", "x=1,2"],
+        env=script_env(project),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = [p for p in (project / "results" / "job").iterdir() if not p.is_symlink()]
+    sweep_id = load_lock(runs[0]).extra["sweep"]["id"]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"[xpkit] sweep {sweep_id}: 2 runs completed in results/job"
+        " (compare them: xp ls results/job)"
+    )
+
+
 def test_cli_sweep_and_failing_point(project: Path) -> None:
     """--sweep x=1,2,3 with one failing point: three runs, exit status 1."""
     (project / "job.py").write_text(

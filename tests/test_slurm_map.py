@@ -166,7 +166,9 @@ def test_sweep_of_four_configs_on_slurm(project: Path) -> None:
         project, "--sweep", "x=1,2", "sleep_s=0,0.5", "--backend", "slurm", "--slurm", "time_min=5"
     )
     assert submitted.returncode == 0, submitted.stderr
-    assert submitted.stdout.count("submitted Slurm job") == 4
+    line = submitted.stderr.strip().splitlines()[-1]
+    assert line.startswith("[xpkit] sweep of 4 points submitted to Slurm: jobs "), line
+    assert len(line.split("jobs ", 1)[1].split(", ")) == 4
     deadline = time.monotonic() + 120
     runs: list[Path] = []
     while time.monotonic() < deadline:

@@ -641,13 +641,21 @@ def sweep_from_cli(
         slurm=parse_slurm_args(options.slurm),
         src=src,
     )
-    for item in out:
-        print(
-            f"[xpkit] {item.status} run {item.dir}"
-            if isinstance(item, Run)
-            else f"[xpkit] submitted Slurm job {item}"
-        )
+    print(_sweep_summary(out), file=sys.stderr)
     return out
+
+
+def _sweep_summary(out: Sequence[Any]) -> str:
+    """One line after a CLI sweep: where its runs are, or the Slurm jobs it submitted."""
+    runs = [item for item in out if isinstance(item, Run)]
+    if not runs:
+        return f"[xpkit] sweep of {len(out)} points submitted to Slurm: jobs {', '.join(map(str, out))}"
+    sweep = runs[0].lock.extra.get("sweep") or {}
+    where = _shown(str(runs[0].dir.parent))
+    return (
+        f"[xpkit] sweep {sweep.get('id', '?')}: {len(runs)} runs completed in {where}"
+        f" (compare them: xp ls {where})"
+    )
 
 
 def split_values(text: str) -> list[str]:
