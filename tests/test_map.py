@@ -324,6 +324,60 @@ def test_ls_groups_the_points_of_a_sweep(project: Path) -> None:
     assert sweeps == [f"{sweep_id} 1/2", f"{sweep_id} 2/2"]
 
 
+def test_cli_joblib_map_with_a_failing_task(project: Path) -> None:
+    """A script's task failing in a joblib worker: its traceback names the script's line (not
+    cloudpickle's <dynamic-code>); the map's error says how to see and redo it, no traceback."""
+    script = textwrap.dedent(SCRIPT).replace(
+        "time.sleep(cfg.sleep_s)", "assert cfg.x != 2, 'x must not be 2'"
+    )
+    (project / "job.py").write_text(script)
+    (project / "tasks.txt").write_text("1\n2\n3\n")
+    cmd = ["job.py", "--tasks", "tasks.txt", "--task-key", "x", "--backend", "joblib"]
+    done = subprocess.run(
+        [sys.executable, *cmd, "--jobs", "2"],
+        env=script_env(project),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    run = xp.Run(project / "results" / "job" / "latest")
+    shown = f"results/job/{run.dir.name}"
+    assert (
+        f"1 of 3 tasks failed (first: task 1: AssertionError: x must not be 2); see them:"
+        f" xp tasks {shown} --failed; run what is left: --resume {shown}"
+    ) in run.paths.log.read_text()
+    trace = _tasks.scan_done(run.paths, 3).failed[1]["error"]["traceback"]
+    assert f'File "{project / "job.py"}", line 13, in main' in trace
+    assert "assert cfg.x != 2, 'x must not be 2'" in trace
+    # fixed, resumed without --task-key: the map's recorded key is used, one task runs
+    (project / "job.py").write_text(script.replace("cfg.x != 2", "cfg.x != 20"))
+    wrong = subprocess.run(
+        [sys.executable, "job.py", "--resume", shown, "--task-key", "y"],
+        env=script_env(project),
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2
+    assert "set each task at key 'x', not 'y'" in wrong.stderr
+    resumed = subprocess.run(
+        [sys.executable, "job.py", "--resume", shown],
+        env=script_env(project),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert run.reload().lock.tasks == {
+        "total": 3,
+        "done": 3,
+        "failed": 0,
+        "backend": "serial",
+        "key": "x",
+        "resumed": 1,
+    }
+    assert ok_counts(run.dir) == {0: 1, 1: 1, 2: 1}
+
+
 def test_cli_sweep_ends_with_one_summary_line(project: Path) -> None:
     """--sweep x=1,2: one line naming the sweep and where to compare its runs."""
     (project / "job.py").write_text(textwrap.dedent(SCRIPT))

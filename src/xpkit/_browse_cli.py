@@ -28,6 +28,7 @@ from ._diff import (
     metric_changes,
 )
 from ._lineage import LineageNode, lineage, upstream_changes
+from ._progress import duration_text
 from ._run import Run
 from ._runs import Runs, find_run_dirs, resolve_run
 from ._settings import load_settings
@@ -146,18 +147,6 @@ def _parse_time(value: Any) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _size(n_bytes: Any) -> str:
@@ -283,7 +272,7 @@ def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
     rows = []
     for run, rec in zip(shown, records, strict=True):
         row = [rec["id"], rec["stage"], rec["status"], _when(rec["started"])]
-        row.append(_duration(rec["duration_s"]))
+        row.append(duration_text(rec["duration_s"]))
         row += [_sweep_cell(rec.get("sweep"))] if with_sweep else []
         row += (["*" if run in changed else ""]) if with_data else []
         row += [_cell(rec.get(k)) for k in config + metrics]
@@ -342,7 +331,7 @@ def show_command(argv: list[str]) -> int:
 
 def _summary(run: Run) -> list[tuple[str, str]]:
     lock = run.lock
-    took = _duration(run.duration_s)
+    took = duration_text(run.duration_s)
     rows = [
         ("dir", lock.dir),
         ("started", _when(lock.started) + (f"  (took {took})" if took else "")),

@@ -23,7 +23,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ._paths import RunPaths, atomic_write_text
 from ._progress import ProgressBar
 from ._run import Run, process_alive
 from ._settings import Settings
-from .errors import ConfigError, TaskError, missing_extra
+from .errors import ConfigError, TaskError, TasksFailed, missing_extra
 
 if typing.TYPE_CHECKING:
     from ._stage import Outcome, Stage
@@ -73,7 +73,8 @@ def map_stage(
     _check_options(options)
     todo: Sequence[Any]
     if options.resume is not None:
-        base, todo = _resume_inputs(stage, options.resume, tasks)
+        base, todo, key = _resume_inputs(stage, options.resume, tasks, options.key)
+        options = replace(options, key=key)
     else:
         if tasks is None:
             msg = "map needs tasks (or resume=RUN_DIR to finish a mapped run)"
@@ -114,8 +115,9 @@ def _check_options(options: MapOptions) -> None:
 
 
 def _resume_inputs(
-    stage: Stage[Any], run_dir: Path, tasks: Iterable[Any] | None
-) -> tuple[DictConfig, Sequence[Any]]:
+    stage: Stage[Any], run_dir: Path, tasks: Iterable[Any] | None, key: str | None
+) -> tuple[DictConfig, Sequence[Any], str | None]:
+    """The config, task list and task key of the map in ``run_dir``, to finish it."""
     paths = RunPaths(run_dir.resolve())
     lock = _tasks.load_map_lock(paths)
     if lock.stage != stage.name:
@@ -128,9 +130,16 @@ def _resume_inputs(
     if tasks is not None and list(tasks) != list(todo):
         msg = f"the tasks given differ from the task list of {run_dir}; resume takes tasks=None"
         raise TaskError(msg)
+    recorded = (lock.tasks or {}).get("key")
+    if key is not None and key != recorded:
+        msg = (
+            f"{run_dir} set each task at key {recorded!r}, not {key!r};"
+            " a resume takes the key of the map (leave it out)"
+        )
+        raise TaskError(msg)
     base = stage.config()
     base.merge_with(OmegaConf.create(dict(lock.config)))
-    return base, todo
+    return base, todo, recorded
 
 
 def _still_running(lock: RunLock) -> bool:
@@ -180,6 +189,7 @@ class _MapBody:
         section = {
             **state.counts(),
             "backend": options.backend,
+            **({"key": options.key} if options.key is not None else {}),
             **({"resumed": int(previous.get("resumed", 0)) + 1} if options.resume else {}),
         }
         active.update_lock(tasks=section)
@@ -207,7 +217,13 @@ class _MapBody:
         active.last_metrics.update(_tasks.last_metrics(paths))
         if stopped is not None:
             return stopped
-        error = TaskError(_tasks.summary(state)) if state.failed or state.left else None
+        error = None
+        if state.failed or state.left:
+            shown = _shown(str(paths.dir))
+            error = TasksFailed(
+                f"{_tasks.summary(state)}; see them: xp tasks {shown} --failed;"
+                f" run what is left: --resume {shown}"
+            )
         return Outcome(result=results, error=error)
 
 
@@ -649,7 +665,8 @@ def _sweep_summary(out: Sequence[Any]) -> str:
     """One line after a CLI sweep: where its runs are, or the Slurm jobs it submitted."""
     runs = [item for item in out if isinstance(item, Run)]
     if not runs:
-        return f"[xpkit] sweep of {len(out)} points submitted to Slurm: jobs {', '.join(map(str, out))}"
+        jobs = ", ".join(map(str, out))
+        return f"[xpkit] sweep of {len(out)} points submitted to Slurm: jobs {jobs}"
     sweep = runs[0].lock.extra.get("sweep") or {}
     where = _shown(str(runs[0].dir.parent))
     return (

@@ -1,11 +1,25 @@
-"""Progress bars: rich on a terminal, nothing elsewhere (rich is imported only to draw one)."""
+"""Progress bars: rich on a terminal, nothing elsewhere (rich is imported only to draw one);
+and how long things take, as people read it."""
 
 from __future__ import annotations
 
 import sys
 from typing import IO, Any
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "duration_text"]
+
+
+def duration_text(seconds: float | None) -> str:
+    """``0.4s``, ``12.5s``, ``3m07s``, ``2h05m``; ``""`` for None."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 class ProgressBar:

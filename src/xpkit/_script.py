@@ -17,7 +17,7 @@ from . import _config
 from ._lock import now
 from ._run import Run
 from ._stage import Stage, _source_files, _user_traceback
-from .errors import ConfigError, TaskError, XpkitError
+from .errors import ConfigError, TaskError, TasksFailed, XpkitError
 
 __all__ = ["build_config", "build_parser", "run"]
 
@@ -70,9 +70,10 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         argv_run = [_script_name(stage), *args]
         _launch(stage, cfg, options, argv=argv_run, fds=not interactive)
     except BaseException as e:
-        if options.sweep and isinstance(e, TaskError):
-            # each failed point logged its error and keeps its traceback in its run.log
-            print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, TasksFailed) or (options.sweep and isinstance(e, TaskError)):
+            # each failed task or point logged its error; its traceback is recorded
+            if not isinstance(e, TasksFailed):  # the map's run.log line already said it
+                print(f"error: {e}", file=sys.stderr)
             if interactive and stage.last is not None and stage.last is not before:
                 _hand_back(stage.last, caller)
             _exit(interactive, EXIT_FAILED)

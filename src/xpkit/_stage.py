@@ -73,6 +73,16 @@ class Stage(Generic[R]):
     def __repr__(self) -> str:
         return f"<Stage {self.name!r} of {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
+    def __getstate__(self) -> dict[str, Any]:
+        code = getattr(self.fn, "__code__", None)
+        return {**self.__dict__, "_source_file": getattr(code, "co_filename", None)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        source = state.pop("_source_file", None)
+        self.__dict__.update(state)
+        if source:
+            _restore_source_file(self.fn, source)
+
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         # a stage defined in a class body behaves like a function: bind it
         return self if obj is None else types.MethodType(self, obj)
@@ -680,3 +690,26 @@ def stage(
         return Stage(f, name=name, data=data, upstream=upstream, src=src, save_dir=save_dir)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _restore_source_file(fn: Any, source: str) -> None:
+    """Give back the file name of code that cloudpickle shipped by value (as ``<dynamic-code>``).
+
+    A stage defined in a script reaches joblib and Slurm workers by value; without its file
+    name, tracebacks of failed tasks show no source lines. The stage's function and the
+    functions of its module it refers to get the file back.
+    """
+    module = getattr(fn, "__module__", None)
+    namespace = getattr(fn, "__globals__", {})
+    for obj in (fn, *namespace.values()):
+        if not isinstance(obj, types.FunctionType) or obj.__module__ != module:
+            continue
+        if obj.__code__.co_filename == "<dynamic-code>":
+            obj.__code__ = _with_file(obj.__code__, source)
+
+
+def _with_file(code: types.CodeType, source: str) -> types.CodeType:
+    consts = tuple(
+        _with_file(c, source) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=source, co_consts=consts)

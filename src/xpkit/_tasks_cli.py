@@ -9,6 +9,7 @@ from typing import Any
 from . import _tasks
 from ._lock import RunLock
 from ._paths import RunPaths
+from ._progress import duration_text
 from ._run import process_alive
 from ._runs import resolve_run
 
@@ -99,8 +100,8 @@ def _report(
     if state.first_time is not None and state.last_time is not None:
         span = max(state.last_time - state.first_time, 1e-3)
         rate = (state.done + len(state.failed)) / span
-        eta = f"; about {state.left / rate:.0f} s left" if state.left and rate else ""
-        lines.append(f"speed  {rate:.2f} tasks/s over {span:.0f} s{eta}")
+        eta = f"; about {duration_text(state.left / rate)} left" if state.left and rate else ""
+        lines.append(f"speed  {rate:.2f} tasks/s over {duration_text(span)}{eta}")
     if states:
         lines.append("jobs   " + ", ".join(f"{job} {st}" for job, st in sorted(states.items())))
     if state.failed:

@@ -16,7 +16,8 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
     │   └── UnsafePathError (ValueError)  a store entry would write outside the project
-    ├── TaskError (RuntimeError)          a mapped run's bookkeeping is inconsistent
+    ├── TaskError (RuntimeError)          a map or sweep cannot run as asked
+    │   └── TasksFailed                   tasks of a map failed or never ran (all recorded)
     ├── StageImportError (ImportError)    a stage recorded in run.lock cannot be imported
     └── NotInRunError (RuntimeError)      a run-only function was called outside a run
 """
@@ -37,6 +38,7 @@ __all__ = [
     "StageImportError",
     "StoreError",
     "TaskError",
+    "TasksFailed",
     "UnsafePathError",
     "UpstreamError",
     "XpkitError",
@@ -97,7 +99,11 @@ class UnsafePathError(StoreError, ValueError):
 
 
 class TaskError(XpkitError, RuntimeError):
-    """The task bookkeeping of a mapped run is inconsistent."""
+    """A map or sweep cannot run as asked (bad tasks, inconsistent bookkeeping)."""
+
+
+class TasksFailed(TaskError):
+    """Tasks of a map failed or never ran; each failure is recorded with its traceback."""
 
 
 class StageImportError(XpkitError, ImportError):
