@@ -180,6 +180,24 @@ def test_push_sends_only_what_the_store_lacks(
     assert meta["prerequisites"], "the new bundle builds on the first one"
 
 
+def test_push_of_a_stage_directory_sends_all_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xp push results/train: every train run, each with its lineage, the upstream once."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    prep, train = lineage(a)
+    other = make_run(
+        a, "results/train/t2", {"m": b"x"}, upstream={"prep": prep.to_dict()}, stage="train"
+    )
+    (a / "results" / "train" / "latest").symlink_to("t2")
+    out = xp(a, "push", "results/train", "--store", str(tmp_path / "store")).stdout
+    assert out.count(prep.id) == 1
+    assert "pushed 3 runs" in out
+    held = {r.id for r in list_store(tmp_path / "store") if r.complete}
+    assert held == {prep.id, train.id, other.id}
+
+
 def test_push_finds_a_moved_upstream_run_by_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,7 +44,7 @@ from ._bundles import COMMIT, CodeReport, has_git, pull_code, push_code
 from ._lock import RunLock, load_lock, load_yaml
 from ._progress import ProgressBar
 from ._run import Run
-from ._runs import resolve_run
+from ._runs import resolve_run, resolve_runs
 from ._settings import Settings, load_settings
 from ._storage import (
     Store,
@@ -159,7 +159,8 @@ def push(
     """Copy runs and their whole lineage (run directories and code commits) to a store.
 
     Args:
-        runs: run directories, ``Run`` objects or unique run id prefixes.
+        runs: run directories, ``Run`` objects, unique run id prefixes, or directories of
+            runs (a stage's: every run below it).
         store: a directory or an fsspec URL (default: ``[tool.xpkit] store``).
         git_remote: also push each snapshot commit as ``refs/xpkit/runs/<id>`` to this remote.
         progress: show a progress bar (default: when stderr is a terminal).
@@ -174,7 +175,7 @@ def push(
     t0 = time.monotonic()
     settings = load_settings()
     st = open_store(store, settings)
-    lineage = _lineage([resolve_run(r, settings=settings) for r in runs], settings, st)
+    lineage = _lineage(resolve_runs(runs, settings=settings), settings, st)
     scans = {r.id: _scan(r) for r in lineage if r.path is not None}
     commits = {r.id: r.commit for r in lineage if r.path is not None and r.commit is not None}
     report = PushReport()

@@ -22,7 +22,10 @@ def push_command(argv: list[str]) -> int:
         description="Copy runs and their whole lineage (run directories and code) to a store.",
     )
     parser.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run directory, latest link or id prefix"
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run directory, latest link, id prefix, or a stage's directory (all its runs)",
     )
     parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
     parser.add_argument(
