@@ -262,26 +262,42 @@ def _cli_rows(root: Path, work: str, size: float, repeat: int, unit: str = "file
 
 
 def _dvc_rows(root: Path, work: str, size: float, repeat: int, unit: str) -> list[Row]:
-    """``dvc add --no-commit`` (cold) and ``dvc status`` (nothing changed) in a scratch repo."""
-    repo = Path(tempfile.mkdtemp(prefix="xpkit-bench-dvc-"))
+    """``dvc add --no-commit`` (cold) and ``dvc status`` (nothing changed).
+
+    DVC refuses data behind a symlink, so its scratch repo is the data's parent directory;
+    its hash cache (the site cache) is kept inside that repo and removed for a cold run.
+    """
+    repo = root.parent
+    made = [repo / ".dvc", repo / ".dvcignore", repo / f"{root.name}.dvc"]
+    for path in made:
+        _remove(path)
     try:
         subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
-        data = repo / "data"
-        data.symlink_to(root)
-        add = ["dvc", "add", "--no-commit", "-q", "data"]
-        site = repo / ".dvc" / "tmp"
+        site = repo / ".dvc" / "site-cache"
+        config = ["dvc", "config", "--local", "core.site_cache_dir", str(site)]
+        subprocess.run(config, cwd=repo, check=True)
+        add = ["dvc", "add", "--no-commit", "-q", root.name]
 
         def reset() -> None:
             shutil.rmtree(site, ignore_errors=True)
+            shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
 
         cold = _timed(lambda: subprocess.run(add, cwd=repo, check=True), repeat, reset)
         status = _timed(lambda: subprocess.run(["dvc", "status", "-q"], cwd=repo), repeat)
     finally:
-        shutil.rmtree(repo, ignore_errors=True)
+        for path in made:
+            _remove(path)
     return [
         Row(work, "dvc add --no-commit (cold)", cold, size, unit),
         Row(work, "dvc status (nothing changed)", status, size, unit),
     ]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _print_table(rows: list[Row]) -> None:

@@ -138,7 +138,14 @@ def main() -> int:
         root = Path(tmp) / "project"
         # xpkit from src/ gets its bytecode cached like the installed peers (pip compiles
         # theirs), also where PYTHONDONTWRITEBYTECODE is set
-        env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONPYCACHEPREFIX": f"{tmp}/pycache"}
+        # MLflow sync off: it would run after each script's exit in a detached process
+        # (bench_mlflow.py measures it), loading the machine during the next samples
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(SRC),
+            "PYTHONPYCACHEPREFIX": f"{tmp}/pycache",
+            "XPKIT_TRACKING": "0",
+        }
         for name in ("XPKIT_ROOT", "PYTHONDONTWRITEBYTECODE"):
             env.pop(name, None)
         subprocess.run(["git", "init", "-q", str(root)], check=True)

@@ -9,6 +9,7 @@ import sys
 
 import xpkit
 from helpers import SRC
+from xpkit import _runs
 
 HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "sqlite3", "IPython", "numpy")
 
@@ -49,3 +50,26 @@ def test_import_stays_light_and_quiet() -> None:
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
     assert report["handlers"] == 0
     assert "xpkit" in loaded
+
+
+def test_import_loads_only_what_a_run_needs() -> None:
+    """The listing, hashing, MLflow and store modules (and the stdlib modules they need) are
+    imported on first use of their names, not by ``import xpkit``."""
+    code = (
+        "import sys; before = set(sys.modules); import xpkit; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(out.stdout.split())
+    lazy = {"xpkit._runs", "xpkit._data", "xpkit._hashing", "xpkit._mlflow", "xpkit._store"}
+    assert not loaded & lazy, loaded & lazy
+    assert not loaded & {"json", "socket", "logging", "hashlib", "traceback"}
+    assert xpkit.runs is _runs.runs
+    assert "hash_path" in dir(xpkit)

@@ -14,16 +14,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._context import current, get_logger, log_metrics, track_data, use_run
-from ._data import diff_manifests, load_manifest
-from ._hashing import HashRecord, hash_path
-from ._mlflow import sync_run, sync_runs
 from ._run import Run
-from ._runs import Runs, runs
 from ._script import run
 from ._stage import Stage, stage
 from .errors import XpkitError
 
 if TYPE_CHECKING:
+    from ._data import diff_manifests, load_manifest
+    from ._hashing import HashRecord, hash_path
+    from ._mlflow import sync_run, sync_runs
+    from ._runs import Runs, runs
     from ._store import pull, push
 
 __version__ = "0.1.0"
@@ -53,11 +53,33 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``xp.push`` and ``xp.pull``, imported on first use: the store modules cost ~30 ms."""
-    if name in ("pull", "push"):
-        from . import _store
+# imported on first use (PEP 562): a script that only runs a stage does not pay for them
+_LAZY = {
+    "HashRecord": "_hashing",
+    "hash_path": "_hashing",
+    "diff_manifests": "_data",
+    "load_manifest": "_data",
+    "sync_run": "_mlflow",
+    "sync_runs": "_mlflow",
+    "Runs": "_runs",
+    "runs": "_runs",
+    "pull": "_store",
+    "push": "_store",
+}
 
-        return getattr(_store, name)
-    msg = f"module 'xpkit' has no attribute {name!r}"
-    raise AttributeError(msg)
+
+def __getattr__(name: str) -> Any:
+    """The attributes of ``_LAZY``, imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'xpkit' has no attribute {name!r}"
+        raise AttributeError(msg)
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._env import hostname
 from ._lock import RunLock, load_lock
 from ._paths import RunPaths
-from ._runindex import read_head
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -57,6 +56,8 @@ class Run:
         if self._lock is not None:
             return self._lock
         if self._head is None:
+            from ._runindex import read_head  # listing code: not needed to make a run
+
             self._head = read_head(self.paths.lock)
         return self._head
 
@@ -229,7 +230,7 @@ def process_alive(lock: RunLock) -> bool | None:
     None for a process of another host, a lock without pid, or Windows (where
     ``os.kill(pid, 0)`` would end the process).
     """
-    if lock.pid is None or os.name == "nt" or lock.host != socket.gethostname():
+    if lock.pid is None or os.name == "nt" or lock.host != hostname():
         return None
     try:
         os.kill(lock.pid, 0)

@@ -6,7 +6,6 @@ import argparse
 import copy
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -254,6 +253,8 @@ def _failed(
     interactive: bool,
     namespace: dict[str, Any],
 ) -> Run | None:
+    import traceback
+
     tb = _user_traceback(exc)
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
     if interactive:

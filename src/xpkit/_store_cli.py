@@ -25,7 +25,7 @@ def push_command(argv: list[str]) -> int:
         "runs",
         nargs="+",
         metavar="RUN",
-        help="run directory, latest link, id prefix, or a stage's directory (all its runs)",
+        help="run directory, latest link or id prefix; or a stage's directory: all its runs",
     )
     parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
     parser.add_argument(

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pickle
-import socket
 import time
 import traceback
 import types
@@ -40,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from . import _config
+from ._env import hostname
 from ._lock import load_lock, now, write_lock
 from ._paths import RunPaths, atomic_write_text
 from .errors import ConfigError, LockError, TaskError
@@ -137,7 +137,7 @@ def read_todo(paths: RunPaths) -> TodoList:
 
 def local_worker_id() -> str:
     """``<host>-<pid>``: unique among the processes of one machine."""
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    return f"{hostname().split('.')[0]}-{os.getpid()}"
 
 
 class DoneLog:
