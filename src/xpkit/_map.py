@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import _tasks
 from ._context import ActiveRun, RunPlan, make_logger
 from ._lock import RunLock, load_yaml, new_run_id
-from ._paths import RunPaths, atomic_write_text
+from ._paths import RunPaths, atomic_write_text, display_path
 from ._progress import ProgressBar
 from ._run import Run, process_alive
 from ._settings import Settings
@@ -589,12 +589,7 @@ def sweep_point(
 
 def _shown(path: str) -> str:
     """A run directory as the user names it: relative to the working directory if inside."""
-    if not path:
-        return "(no run directory)"
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path
+    return display_path(Path(path)) if path else "(no run directory)"
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import _config
 from ._lock import now
+from ._paths import display_path
 from ._run import Run
 from ._stage import Stage, _source_files, _user_traceback
 from .errors import ConfigError, TaskError, TasksFailed, XpkitError
@@ -279,7 +280,8 @@ def _hand_back(run: Run, namespace: dict[str, Any]) -> None:
         values["cfg"] = _run_config(run)
     namespace.update(values)
     names = ", ".join(sorted(values)[:12]) + (" ..." if len(values) > 12 else "")
-    print(f"[xpkit] {run.status} run {run.dir}; in the console now: {names}", file=sys.stderr)
+    where = display_path(run.dir)
+    print(f"[xpkit] {run.status} run {where}; in the console now: {names}", file=sys.stderr)
 
 
 def _run_config(run: Run) -> Any:
