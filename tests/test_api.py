@@ -30,6 +30,16 @@ def test_design_names_are_public() -> None:
     assert isinstance(xpkit.__version__, str)
 
 
+def fresh_python(code: str) -> str:
+    """What ``python -c code`` prints in a new interpreter that imports this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_import_stays_light_and_quiet() -> None:
     """import xpkit loads no optional heavy library and configures no logging."""
     code = (
@@ -37,15 +47,7 @@ def test_import_stays_light_and_quiet() -> None:
         "print(json.dumps({'modules': sorted(m.split('.')[0] for m in sys.modules), "
         "'handlers': len(logging.getLogger().handlers)}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(out.stdout)
+    report = json.loads(fresh_python(code))
     loaded = set(report["modules"])
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
     assert report["handlers"] == 0
@@ -59,15 +61,7 @@ def test_import_loads_only_what_a_run_needs() -> None:
         "import sys; before = set(sys.modules); import xpkit; "
         "print(' '.join(sorted(set(sys.modules) - before)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    loaded = set(out.stdout.split())
+    loaded = set(fresh_python(code).split())
     lazy = {"xpkit._runs", "xpkit._data", "xpkit._hashing", "xpkit._mlflow", "xpkit._store"}
     assert not loaded & lazy, loaded & lazy
     assert not loaded & {"json", "socket", "logging", "hashlib", "traceback"}

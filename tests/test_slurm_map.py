@@ -160,6 +160,46 @@ def test_pool_workers_hit_the_time_limit_requeue_and_finish_everything(project: 
     assert [p for p in (project / "results" / "job").iterdir() if not p.is_symlink()] == [run]
 
 
+def test_pool_worker_killed_mid_task_is_taken_over(project: Path) -> None:
+    """workers=2; kill -9 one worker's job mid-task: the other takes its stale claim over
+    (XPKIT_POOL_STALE_S=6) and ends the run, every task done once."""
+    write_tasks(project, 24, 2.0)
+    args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", "workers=2", "time_min=5"]
+    submitted = subprocess.run(
+        [sys.executable, "job.py", *args],
+        cwd=project,
+        env={**env(project), "XPKIT_POOL_STALE_S": "6"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    run = the_run(project)
+    jobs = load_lock(run).tasks["jobs"]  # type: ignore[index]
+    victim = f"{str(jobs[0]).split('_')[0]}_0"
+    done = RunPaths(run).done / f"{victim}.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_lines(done)) < 2:
+        time.sleep(0.2)
+    assert len(_lines(done)) >= 2, "the first worker never ran two tasks"
+    time.sleep(0.5)  # into its third task
+    subprocess.run(["scancel", "--signal=KILL", victim], check=True)
+    waited = wait_tasks(project, run, 240)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    lock = load_lock(run)
+    assert lock.status == "completed"
+    assert ok_counts(run) == dict.fromkeys(range(24), 1)
+    taken = sorted(p.name for p in RunPaths(run).claims.glob("*.1"))
+    assert len(taken) == 1, taken
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def test_sweep_of_four_configs_on_slurm(project: Path) -> None:
     """--sweep x=1,2 sleep_s=0,0.5 --backend slurm: four runs, each its own dir, grouped."""
     submitted = xp_script(

@@ -76,8 +76,26 @@ OPTIONS: dict[str, tuple[type, ...]] = {
     "workers": (int,),
     "additional": (Mapping,),
 }
-HEARTBEAT_S = 30.0
-STALE_S = 180.0
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        msg = f"{name} must be a positive number of seconds, got {text!r}"
+        raise ConfigError(msg)
+    return value
+
+
+# a claim untouched for STALE_S belongs to a dead worker; raise it where the shared
+# filesystem caches attributes longer (environment XPKIT_POOL_STALE_S, read by the workers)
+STALE_S = _seconds_from_env("XPKIT_POOL_STALE_S", 180.0)
+HEARTBEAT_S = min(30.0, STALE_S / 6)
 _DEFAULT_TIME_MIN = 60
 _DEFAULT_CHUNKS = 10
 _LIVE_STATES = frozenset(
