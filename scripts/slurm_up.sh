@@ -187,7 +187,11 @@ if ! alive "$BASE/slurmd.pid" slurmd; then
 fi
 state() { timeout 5 sinfo -h -n "$HOST" -o %T 2>/dev/null; }
 for _ in $(seq 1 240); do
-  case "$(state)" in idle|mixed|allocated|completing) break ;; esac
+  case "$(state)" in
+    idle|mixed|allocated|completing) break ;;
+    # a node drained or down in the saved state (a job killed while the cluster stopped)
+    drained*|draining*|down*) timeout 5 scontrol update NodeName="$HOST" State=RESUME || true ;;
+  esac
   alive "$BASE/slurmctld.pid" slurmctld || break
   sleep 0.25
 done

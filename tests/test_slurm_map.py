@@ -161,14 +161,17 @@ def test_pool_workers_hit_the_time_limit_requeue_and_finish_everything(project: 
 
 
 def test_pool_worker_killed_mid_task_is_taken_over(project: Path) -> None:
-    """workers=2; kill -9 one worker's job mid-task: the other takes its stale claim over
-    (XPKIT_POOL_STALE_S=6) and ends the run, every task done once."""
-    write_tasks(project, 24, 2.0)
+    """workers=2; one worker's job is killed (-9) in its long task while the other still has
+    work: when the survivor runs out of tasks, the dead worker's claim has missed its
+    heartbeats; the survivor waits until it is stale (XPKIT_POOL_STALE_S=12), takes the task
+    over and ends the run, every task done once."""
+    tasks = [{"x": 0, "sleep_s": 20.0}, *({"x": i, "sleep_s": 2.0} for i in range(1, 8))]
+    (project / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", "workers=2", "time_min=5"]
     submitted = subprocess.run(
         [sys.executable, "job.py", *args],
         cwd=project,
-        env={**env(project), "XPKIT_POOL_STALE_S": "6"},
+        env={**env(project), "XPKIT_POOL_STALE_S": "12"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,21 +179,21 @@ def test_pool_worker_killed_mid_task_is_taken_over(project: Path) -> None:
     assert submitted.returncode == 0, submitted.stderr
     run = the_run(project)
     jobs = load_lock(run).tasks["jobs"]  # type: ignore[index]
-    victim = f"{str(jobs[0]).split('_')[0]}_0"
-    done = RunPaths(run).done / f"{victim}.jsonl"
+    array = str(jobs[0]).split("_")[0]
+    survivor = RunPaths(run).done / f"{array}_1.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(_lines(done)) < 2:
+    while time.monotonic() < deadline and len(_lines(survivor)) < 2:
         time.sleep(0.2)
-    assert len(_lines(done)) >= 2, "the first worker never ran two tasks"
-    time.sleep(0.5)  # into its third task
-    subprocess.run(["scancel", "--signal=KILL", victim], check=True)
+    assert (RunPaths(run).claims / "0.0").exists(), "the first worker never took task 0"
+    assert len(_lines(survivor)) == 2, "the second worker did not run two short tasks"
+    subprocess.run(["scancel", "--signal=KILL", f"{array}_0"], check=True)
     waited = wait_tasks(project, run, 240)
     assert waited.returncode == 0, waited.stdout + waited.stderr
     lock = load_lock(run)
     assert lock.status == "completed"
-    assert ok_counts(run) == dict.fromkeys(range(24), 1)
-    taken = sorted(p.name for p in RunPaths(run).claims.glob("*.1"))
-    assert len(taken) == 1, taken
+    assert ok_counts(run) == dict.fromkeys(range(8), 1)
+    assert sorted(p.name for p in RunPaths(run).claims.glob("*.1")) == ["0.1"]
+    assert len(_lines(survivor)) == 8
 
 
 def _lines(path: Path) -> list[str]:

@@ -18,8 +18,11 @@ task by creating the next generation ``<i>.1`` (again ``O_EXCL``: one winner per
 claim). A checkpointing worker makes its claim stale at once (mtime 0). Before writing an
 ``ok`` record, a worker checks that no newer generation of its claim exists, so a worker
 paused past ``STALE_S`` (e.g. suspended) and overtaken never records the task a second
-time. Claims are never deleted during a map (a deleted claim could be taken again by a
-worker with an outdated view); a resume starts a fresh claims directory.
+time. A worker that runs out of free tasks while a claim has missed its heartbeats (its
+worker probably died) waits for that claim to go stale and takes the task over; claims still
+beating are left to their workers, so no worker idles for another's long task. Claims are
+never deleted during a map (a deleted claim could be taken again by a worker with an
+outdated view); a resume starts a fresh claims directory.
 
 Ending the run: each worker, when it has nothing left to do, checks whether every task has
 a record; the first to see it creates ``tasks/finalized`` exclusively and writes the final
@@ -321,7 +324,7 @@ class _Pool:
                 self._wait_if_time_is_short()
                 if _create(self.paths.claim_file(i, 0)):
                     self._run(i, 0)
-            while self._take_stale():
+            while self._take_stale() or self._orphaned_claims():
                 pass
 
     def _take_stale(self) -> bool:
@@ -337,6 +340,20 @@ class _Pool:
                 if i in self.scanner.refresh().ok:
                     continue
                 self._run(i, gen + 1)
+                return True
+        return False
+
+    def _orphaned_claims(self) -> bool:
+        """Whether a task left is claimed by a worker that missed its heartbeats (probably
+        dead): then wait a heartbeat and look again, to take the task over once its claim is
+        stale, rather than leave it to a resume. Claims still beating are left to their
+        workers."""
+        fs_now = _fs_now(self.paths, self.worker)
+        for i in self.scanner.refresh().missing():
+            gen, mtime = _latest_claim(self.paths, i)
+            if gen >= 0 and fs_now - mtime > 2.5 * HEARTBEAT_S:
+                self._wait_if_time_is_short()
+                time.sleep(HEARTBEAT_S)
                 return True
         return False
 
