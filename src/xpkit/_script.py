@@ -70,9 +70,9 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         argv_run = [_script_name(stage), *args]
         _launch(stage, cfg, options, argv=argv_run, fds=not interactive)
     except BaseException as e:
-        if isinstance(e, TasksFailed) or (options.sweep and isinstance(e, TaskError)):
+        if isinstance(e, TaskError) and (options.sweep or isinstance(e, TasksFailed)):
             # each failed task or point logged its error; its traceback is recorded
-            if not isinstance(e, TasksFailed):  # the map's run.log line already said it
+            if options.sweep:  # a map's own run.log line already said it
                 print(f"error: {e}", file=sys.stderr)
             if interactive and stage.last is not None and stage.last is not before:
                 _hand_back(stage.last, caller)

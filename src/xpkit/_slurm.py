@@ -324,16 +324,20 @@ class _Pool:
                 self._wait_if_time_is_short()
                 if _create(self.paths.claim_file(i, 0)):
                     self._run(i, 0)
-            while self._take_stale() or self._orphaned_claims():
+            while self._take_over():
                 pass
 
-    def _take_stale(self) -> bool:
-        """Run one task whose claim is stale; False when there is none."""
+    def _take_over(self) -> bool:
+        """Run one task whose claim is stale; or, when a claim has missed its heartbeats (its
+        worker probably died), wait a heartbeat so as to take it once stale rather than leave
+        it to a resume. False when neither: claims still beating are left to their workers."""
         state = self.scanner.refresh()
         fs_now = _fs_now(self.paths, self.worker)
+        orphaned = False
         for i in state.missing():
             gen, mtime = _latest_claim(self.paths, i)
             if gen >= 0 and fs_now - mtime < STALE_S:
+                orphaned = orphaned or fs_now - mtime > 2.5 * HEARTBEAT_S
                 continue
             self._wait_if_time_is_short()
             if _create(self.paths.claim_file(i, gen + 1)):
@@ -341,21 +345,10 @@ class _Pool:
                     continue
                 self._run(i, gen + 1)
                 return True
-        return False
-
-    def _orphaned_claims(self) -> bool:
-        """Whether a task left is claimed by a worker that missed its heartbeats (probably
-        dead): then wait a heartbeat and look again, to take the task over once its claim is
-        stale, rather than leave it to a resume. Claims still beating are left to their
-        workers."""
-        fs_now = _fs_now(self.paths, self.worker)
-        for i in self.scanner.refresh().missing():
-            gen, mtime = _latest_claim(self.paths, i)
-            if gen >= 0 and fs_now - mtime > 2.5 * HEARTBEAT_S:
-                self._wait_if_time_is_short()
-                time.sleep(HEARTBEAT_S)
-                return True
-        return False
+        if orphaned:
+            self._wait_if_time_is_short()
+            time.sleep(HEARTBEAT_S)
+        return orphaned
 
     def _run(self, i: int, gen: int) -> None:
         claim = self.paths.claim_file(i, gen)

@@ -699,6 +699,9 @@ def _restore_source_file(fn: Any, source: str) -> None:
     name, tracebacks of failed tasks show no source lines. The stage's function and the
     functions of its module it refers to get the file back.
     """
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_filename != "<dynamic-code>":
+        return  # not shipped by value (a plain copy, or an importable module)
     module = getattr(fn, "__module__", None)
     namespace = getattr(fn, "__globals__", {})
     for obj in (fn, *namespace.values()):
