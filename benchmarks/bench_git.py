@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from xpkit._git import snapshot  # after the sys.path tweak: runs from a checkout
+from xpkit._record._git import snapshot  # after the sys.path tweak: runs from a checkout
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "bench",

@@ -32,8 +32,8 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from xpkit._hashing import hash_path, jobs_of
-from xpkit._hashworker import digest_file
+from xpkit._record._hashing import hash_path, jobs_of
+from xpkit._record._hashworker import digest_file
 
 _LINE = "{:<16} {:<40} {:>9} {:>8} {:>8} {:>14} {:>12}"
 

@@ -30,9 +30,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-from xpkit._env import collect_env  # noqa: E402
-from xpkit._lock import RunLock, new_run_id, write_lock  # noqa: E402
-from xpkit._paths import RunPaths  # noqa: E402
+from xpkit._core._env import collect_env  # noqa: E402
+from xpkit._core._lock import RunLock, new_run_id, write_lock  # noqa: E402
+from xpkit._core._paths import RunPaths  # noqa: E402
 
 
 def generate(root: Path, *, runs: int, keys: int) -> list[RunLock]:
@@ -122,7 +122,7 @@ def sync_mlflow(root: Path, locks: list[RunLock]) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from xpkit._config import flatten
+    from xpkit._core._config import flatten
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import xpkit as xp
-from xpkit import _tasks
-from xpkit._paths import RunPaths
+from xpkit._core._paths import RunPaths
+from xpkit._parallel import _tasks
 
 
 @dataclass

@@ -22,10 +22,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 import xpkit as xp  # noqa: E402 - after making the checkout importable
-from xpkit._lock import RunLock, dump_yaml, new_run_id, write_lock  # noqa: E402
-from xpkit._mlflow import STATUS, Syncer, params_of, tags_of  # noqa: E402
-from xpkit._paths import RunPaths  # noqa: E402
-from xpkit._settings import load_settings  # noqa: E402
+from xpkit._core._lock import RunLock, dump_yaml, new_run_id, write_lock  # noqa: E402
+from xpkit._core._paths import RunPaths  # noqa: E402
+from xpkit._core._settings import load_settings  # noqa: E402
+from xpkit._tracking._mlflow import STATUS, Syncer, params_of, tags_of  # noqa: E402
 
 N_PARAMS, N_POINTS = 50, 20
 
@@ -133,7 +133,7 @@ def xp_log_cli(root: Path) -> float:
 
 def log_metrics_cost(root: Path, calls: int, *, live: bool) -> float:
     """Microseconds per ``xp.log_metrics`` call inside a running stage."""
-    from xpkit import _mlflow_live
+    from xpkit._tracking import _mlflow_live
 
     os.environ["XPKIT_ROOT"] = str(root)
     os.environ["XPKIT_TRACKING"] = "1" if live else "0"

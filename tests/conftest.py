@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from xpkit._settings import clear_settings_cache
+from xpkit._core._settings import clear_settings_cache
 
 _GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "xpkit tests",

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from xpkit._paths import RunPaths
-from xpkit._settings import clear_settings_cache
+from xpkit._core._paths import RunPaths
+from xpkit._core._settings import clear_settings_cache
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 """This checkout's package directory: subprocesses get it as PYTHONPATH."""

@@ -9,7 +9,7 @@ import sys
 
 import xpkit
 from helpers import SRC
-from xpkit import _runs
+from xpkit._catalog import _runs
 
 HEAVY = ("mlflow", "joblib", "submitit", "fsspec", "rich", "pandas", "sqlite3", "IPython", "numpy")
 
@@ -62,7 +62,13 @@ def test_import_loads_only_what_a_run_needs() -> None:
         "print(' '.join(sorted(set(sys.modules) - before)))"
     )
     loaded = set(fresh_python(code).split())
-    lazy = {"xpkit._runs", "xpkit._data", "xpkit._hashing", "xpkit._mlflow", "xpkit._store"}
+    lazy = {
+        "xpkit._catalog._runs",
+        "xpkit._record._data",
+        "xpkit._record._hashing",
+        "xpkit._tracking._mlflow",
+        "xpkit._share._store",
+    }
     assert not loaded & lazy, loaded & lazy
     assert not loaded & {"json", "socket", "logging", "hashlib", "traceback"}
     assert xpkit.runs is _runs.runs

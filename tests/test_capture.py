@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SRC
-from xpkit._capture import LogFile, capture_output
+from xpkit._execute._capture import LogFile, capture_output
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -34,7 +34,7 @@ def test_fd_capture_gets_subprocesses_and_c_writes_and_still_shows_them(tmp_path
         """
         import os, subprocess, sys
         from pathlib import Path
-        from xpkit._capture import LogFile, capture_output
+        from xpkit._execute._capture import LogFile, capture_output
         log = LogFile(Path("run.log"))
         print("before")
         with capture_output(log, fds=True):
@@ -67,7 +67,7 @@ def test_nested_capture_logs_inner_output_to_both_logs(tmp_path: Path) -> None:
         """
         import os
         from pathlib import Path
-        from xpkit._capture import LogFile, capture_output
+        from xpkit._execute._capture import LogFile, capture_output
         outer, inner = LogFile(Path("outer.log")), LogFile(Path("inner.log"))
         with capture_output(outer, fds=True):
             print("outer-line")
@@ -93,7 +93,7 @@ def test_a_child_holding_the_pipe_does_not_block_the_end(tmp_path: Path) -> None
         """
         import subprocess, time
         from pathlib import Path
-        from xpkit._capture import LogFile, capture_output
+        from xpkit._execute._capture import LogFile, capture_output
         log = LogFile(Path("run.log"))
         started = time.monotonic()
         with capture_output(log, fds=True):
@@ -120,7 +120,7 @@ def test_an_idle_child_holding_the_pipe_costs_no_wait(tmp_path: Path) -> None:
         """
         import subprocess, time
         from pathlib import Path
-        from xpkit._capture import LogFile, capture_output
+        from xpkit._execute._capture import LogFile, capture_output
         log = LogFile(Path("run.log"))
         with capture_output(log, fds=True):
             child = subprocess.Popen(["sh", "-c", "echo idle-child; touch started; sleep 5"])

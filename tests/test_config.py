@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from xpkit import _config
+from xpkit._core import _config
 from xpkit.errors import ConfigError
 
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from helpers import SRC
-from xpkit._git import Snapshot, checkout, code_diff, files_blobs, snapshot
-from xpkit._git_cli import checkout_command
-from xpkit._settings import Settings
-from xpkit._source import SourceRecorder, source_files
+from xpkit._cli._git_cli import checkout_command
+from xpkit._core._settings import Settings
+from xpkit._record._git import Snapshot, checkout, code_diff, files_blobs, snapshot
+from xpkit._record._source import SourceRecorder, source_files
 from xpkit.errors import GitError, LockError, RunNotFoundError
 
 
@@ -164,7 +164,7 @@ _WORKER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {src!r})
-from xpkit._git import snapshot
+from xpkit._record._git import snapshot
 root, i, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

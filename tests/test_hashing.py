@@ -21,11 +21,11 @@ import xxhash
 import yaml
 from omegaconf import OmegaConf
 
-from xpkit._data import DataRecorder, diff_manifests, load_manifest, manifest_path
-from xpkit._hash_cli import hash_command
-from xpkit._hashing import HashRecord, hash_path
-from xpkit._paths import RunPaths
-from xpkit._settings import Settings
+from xpkit._cli._hash_cli import hash_command
+from xpkit._core._paths import RunPaths
+from xpkit._core._settings import Settings
+from xpkit._record._data import DataRecorder, diff_manifests, load_manifest, manifest_path
+from xpkit._record._hashing import HashRecord, hash_path
 from xpkit.errors import DataError
 
 HOUR_NS = 3600 * 10**9
@@ -418,7 +418,8 @@ def test_hashing_import_is_light() -> None:
     """Importing the hashing modules loads neither sqlite3 nor rich."""
     import xpkit
 
-    code = "import sys, xpkit._hashing, xpkit._data; print(*(m in sys.modules for m in MODS))"
+    code = "import sys, xpkit._record._hashing, xpkit._record._data"
+    code += "; print(*(m in sys.modules for m in MODS))"
     code = code.replace("MODS", "('sqlite3', 'rich')")
     src = str(Path(xpkit.__file__).parent.parent)
     env = {**os.environ, "PYTHONPATH": src}

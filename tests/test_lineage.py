@@ -10,9 +10,9 @@ import yaml
 
 import xpkit as xp
 from helpers import import_project
-from xpkit._lineage import lineage, upstream_changes
-from xpkit._lock import dump_yaml
-from xpkit._settings import clear_settings_cache
+from xpkit._core._lock import dump_yaml
+from xpkit._core._settings import clear_settings_cache
+from xpkit._record._lineage import lineage, upstream_changes
 from xpkit.errors import UpstreamError
 
 PIPELINE = """

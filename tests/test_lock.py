@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xpkit._lock import (
+from xpkit._core._lock import (
     SCHEMA_VERSION,
     STATUSES,
     RunLock,

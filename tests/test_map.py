@@ -17,9 +17,9 @@ import yaml
 
 import xpkit as xp
 from helpers import SRC, ok_counts
-from xpkit import _tasks
-from xpkit._lock import load_lock
-from xpkit._paths import RunPaths
+from xpkit._core._lock import load_lock
+from xpkit._core._paths import RunPaths
+from xpkit._parallel import _tasks
 from xpkit.errors import ConfigError, TaskError
 
 
@@ -439,7 +439,7 @@ def test_xp_tasks_shows_progress_and_failures(project: Path) -> None:
 
 def test_pool_claims_are_exclusive_and_stale_ones_taken_over_once(tmp_path: Path) -> None:
     """A claim is won by one creator; a stale claim by exactly one next generation."""
-    from xpkit import _slurm
+    from xpkit._parallel import _slurm
 
     paths = RunPaths(tmp_path)
     paths.claims.mkdir(parents=True)
@@ -456,7 +456,7 @@ def test_pool_claims_are_exclusive_and_stale_ones_taken_over_once(tmp_path: Path
 
 def test_slurm_time_left_parsing() -> None:
     """squeue's %L durations in seconds; UNLIMITED is None."""
-    from xpkit._slurm import parse_duration_s
+    from xpkit._parallel._slurm import parse_duration_s
 
     assert parse_duration_s("1:30") == 90
     assert parse_duration_s("01:00:05") == 3605

@@ -20,10 +20,10 @@ import pytest
 
 import xpkit as xp
 from helpers import SRC
-from xpkit import _mlflow, _mlflow_live
-from xpkit._mlflow import mlflow_key, sync_run, tracking_uri
-from xpkit._run import Run
-from xpkit._settings import clear_settings_cache
+from xpkit._catalog._run import Run
+from xpkit._core._settings import clear_settings_cache
+from xpkit._tracking import _mlflow, _mlflow_live
+from xpkit._tracking._mlflow import mlflow_key, sync_run, tracking_uri
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -463,8 +463,8 @@ def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
 
 def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
     """RUN is a run directory, a directory of runs, or a unique id prefix."""
-    from xpkit._runs import resolve_runs
-    from xpkit._settings import load_settings
+    from xpkit._catalog._runs import resolve_runs
+    from xpkit._core._settings import load_settings
     from xpkit.errors import RunNotFoundError
 
     @xp.stage(name="finding", src=False)
@@ -488,8 +488,8 @@ def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path
 
 def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:
     """run.lock records the stage's module and file; importing it skips the main block."""
-    from xpkit._mlflow_cli import load_stage, stage_of_run
-    from xpkit._settings import load_settings
+    from xpkit._cli._mlflow_cli import load_stage, stage_of_run
+    from xpkit._core._settings import load_settings
 
     (project / "entry_stage.py").write_text(textwrap.dedent(STAGE_SCRIPT.format(name="entry")))
     done = subprocess.run(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SRC
-from xpkit._settings import Settings, find_project_root, load_settings, settings_fields
+from xpkit._core._settings import Settings, find_project_root, load_settings, settings_fields
 from xpkit.errors import SettingsError
 
 
@@ -108,7 +108,7 @@ def test_invalid_toml_is_a_settings_error(tmp_path: Path) -> None:
 
 def test_every_field_has_a_type_check() -> None:
     """Each Settings field is validated (no field silently accepts anything)."""
-    from xpkit._settings import _FIELD_TYPES
+    from xpkit._core._settings import _FIELD_TYPES
 
     assert sorted(settings_fields()) == sorted(_FIELD_TYPES)
 

@@ -14,8 +14,8 @@ import pytest
 
 from helpers import SRC, ok_counts
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
-from xpkit._lock import load_lock
-from xpkit._paths import RunPaths
+from xpkit._core._lock import load_lock
+from xpkit._core._paths import RunPaths
 from xpkit.errors import LockError
 
 SCRIPT = """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import xpkit as xp
-from xpkit._lock import load_lock
+from xpkit._core._lock import load_lock
 
 
 @dataclass

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 import xpkit as xp
-from xpkit._lock import load_lock
+from xpkit._core._lock import load_lock
 from xpkit.errors import ConfigError, NotInRunError
 
 

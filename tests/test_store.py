@@ -18,10 +18,10 @@ import pytest
 import xxhash
 
 from helpers import SRC
-from xpkit._git import snapshot
-from xpkit._lock import RunLock, load_lock, new_run_id, write_lock
-from xpkit._settings import clear_settings_cache
-from xpkit._store import hash_file, list_store, pull, push
+from xpkit._core._lock import RunLock, load_lock, new_run_id, write_lock
+from xpkit._core._settings import clear_settings_cache
+from xpkit._record._git import snapshot
+from xpkit._share._store import hash_file, list_store, pull, push
 from xpkit.errors import StoreError, UnsafePathError
 
 
@@ -571,7 +571,7 @@ def test_real_pipeline_round_trip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, kind: str
 ) -> None:
     """prepare → train in A, pushed; pulled into a clone B: same dirs, same code, same output."""
-    from xpkit._git import checkout
+    from xpkit._record._git import checkout
 
     store = str(tmp_path / "store") if kind == "directory" else request.getfixturevalue("s3_store")
     a, origin = make_repo(tmp_path)

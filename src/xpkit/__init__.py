@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._context import current, get_logger, log_metrics, track_data, use_run
-from ._run import Run
-from ._script import run
-from ._stage import Stage, stage
+from ._api._script import run
+from ._api._stage import Stage, stage
+from ._catalog._run import Run
+from ._execute._context import current, get_logger, log_metrics, track_data, use_run
 from .errors import XpkitError
 
 if TYPE_CHECKING:
-    from ._data import diff_manifests, load_manifest
-    from ._hashing import HashRecord, hash_path
-    from ._mlflow import sync_run, sync_runs
-    from ._runs import Runs, runs
-    from ._store import pull, push
+    from ._catalog._runs import Runs, runs
+    from ._record._data import diff_manifests, load_manifest
+    from ._record._hashing import HashRecord, hash_path
+    from ._share._store import pull, push
+    from ._tracking._mlflow import sync_run, sync_runs
 
 __version__ = "0.1.0"
 
@@ -55,16 +55,16 @@ __all__ = [
 
 # imported on first use (PEP 562): a script that only runs a stage does not pay for them
 _LAZY = {
-    "HashRecord": "_hashing",
-    "hash_path": "_hashing",
-    "diff_manifests": "_data",
-    "load_manifest": "_data",
-    "sync_run": "_mlflow",
-    "sync_runs": "_mlflow",
-    "Runs": "_runs",
-    "runs": "_runs",
-    "pull": "_store",
-    "push": "_store",
+    "HashRecord": "_record._hashing",
+    "hash_path": "_record._hashing",
+    "diff_manifests": "_record._data",
+    "load_manifest": "_record._data",
+    "sync_run": "_tracking._mlflow",
+    "sync_runs": "_tracking._mlflow",
+    "Runs": "_catalog._runs",
+    "runs": "_catalog._runs",
+    "pull": "_share._store",
+    "push": "_share._store",
 }
 
 

@@ -1,0 +1,270 @@
+"""The ``--where`` expression language of ``xp ls``: parsed by hand, never ``eval``-ed.
+
+::
+
+    expr       := and_expr ("or" and_expr)*
+    and_expr   := not_expr ("and" not_expr)*
+    not_expr   := "not" not_expr | "(" expr ")" | comparison
+    comparison := operand [("==" | "=" | "!=" | "<" | "<=" | ">" | ">=") operand]
+    operand    := field | number | 'quoted' | "quoted" | bare-word
+
+Fields are ``config.<dotted.key>``, ``metrics.<name>``, ``id``, ``stage``, ``status``,
+``dir``, ``started``, ``duration_s`` and ``commit``; a config key or metric name may drop its
+prefix, as the ``xp ls`` table shows it (``lr``, ``optim.lr``, ``loss``), when the runs'
+``keys`` name exactly one; any other bare word is a string.
+Two numbers compare as numbers, anything else as text (``true``, ``false``, ``null`` for
+booleans and None). A field the run does not have makes its comparison false; a field
+alone tests that its value is truthy.
+
+Example:
+    >>> test = compile_where("config.lr > 0.01 and (status == completed or not metrics.acc)")
+    >>> test({"config.lr": 0.1, "status": "completed"})
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ExpressionError
+
+__all__ = ["FIELDS", "compile_where", "resolve_field"]
+
+FIELDS = ("id", "stage", "status", "dir", "started", "duration_s", "commit")
+_PREFIXES = ("config.", "metrics.")
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<op>==|!=|<=|>=|<|>|=)
+      | (?P<paren>[()])
+      | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+      | (?P<word>[^\s()<>=!'"]+)
+      | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_KEYWORDS = ("and", "or", "not")
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_MISSING = object()
+
+Record = Mapping[str, Any]
+Test = Callable[[Record], bool]
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # op, paren, str, word, keyword, end
+    text: str
+    pos: int
+
+
+def _tokenize(expr: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if m is None or m.lastgroup is None:  # only trailing spaces left
+            break
+        kind, text, start = m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup)
+        if kind == "bad":
+            what = "'!' must be followed by '='" if text == "!" else f"unexpected {text!r}"
+            if text in "'\"":
+                what = "unterminated string"
+            raise _error(expr, start, what)
+        if kind == "word" and text.lower() in _KEYWORDS:
+            kind, text = "keyword", text.lower()
+        tokens.append(_Token(kind, text, start))
+        pos = m.end()
+    tokens.append(_Token("end", "", len(expr)))
+    return tokens
+
+
+def _error(expr: str, pos: int, what: str) -> ExpressionError:
+    return ExpressionError(f"bad --where expression at column {pos + 1}: {what}, in: {expr}")
+
+
+class _Parser:
+    def __init__(self, expr: str, keys: Collection[str] = ()) -> None:
+        self.expr = expr
+        self.keys = keys
+        self.tokens = _tokenize(expr)
+        self.i = 0
+
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.i]
+
+    def take(self) -> _Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def fail(self, what: str) -> ExpressionError:
+        tok = self.tok
+        found = "the end" if tok.kind == "end" else repr(tok.text)
+        return _error(self.expr, tok.pos, f"{what}, found {found}")
+
+    def parse(self) -> Test:
+        if self.tok.kind == "end":
+            raise self.fail("expected a condition such as config.lr > 0.01")
+        test = self.or_expr()
+        if self.tok.kind != "end":
+            raise self.fail("expected 'and', 'or' or the end")
+        return test
+
+    def or_expr(self) -> Test:
+        parts = [self.and_expr()]
+        while self.tok == _Token("keyword", "or", self.tok.pos):
+            self.take()
+            parts.append(self.and_expr())
+        return parts[0] if len(parts) == 1 else (lambda r: any(p(r) for p in parts))
+
+    def and_expr(self) -> Test:
+        parts = [self.not_expr()]
+        while self.tok == _Token("keyword", "and", self.tok.pos):
+            self.take()
+            parts.append(self.not_expr())
+        return parts[0] if len(parts) == 1 else (lambda r: all(p(r) for p in parts))
+
+    def not_expr(self) -> Test:
+        tok = self.tok
+        if tok.kind == "keyword" and tok.text == "not":
+            self.take()
+            inner = self.not_expr()
+            return lambda r: not inner(r)
+        if tok.kind == "paren" and tok.text == "(":
+            self.take()
+            inner = self.or_expr()
+            if self.tok.text != ")":
+                raise self.fail("expected ')'")
+            self.take()
+            return inner
+        return self.comparison()
+
+    def comparison(self) -> Test:
+        start = self.tok
+        left = self.operand()
+        if self.tok.kind != "op":
+            if not isinstance(left, _Field):
+                raise self.fail("expected a comparison operator (== != < <= > >=)")
+            return lambda r: _truthy(left.get(r))
+        op = self.take().text
+        right = self.operand()
+        if not isinstance(left, _Field) and not isinstance(right, _Field):
+            fields = f"config.KEY, metrics.NAME, {', '.join(FIELDS)}"
+            what = f"one side must be a field ({fields})"
+            close = _closest(start.text, self.keys)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise _error(self.expr, start.pos, f"{what}, found {start.text!r}{hint}")
+        compare = _OPS[op]
+        return lambda r: _compare(_value(left, r), _value(right, r), compare)
+
+    def operand(self) -> _Field | Any:
+        tok = self.tok
+        if tok.kind == "str":
+            self.take()
+            return _unquote(tok.text)
+        if tok.kind == "word":
+            self.take()
+            try:
+                full = resolve_field(tok.text, self.keys)
+            except ExpressionError as e:
+                raise _error(self.expr, tok.pos, str(e)) from None
+            return _Field(full) if full is not None else _word(tok.text)
+        raise self.fail("expected a field (config.KEY, metrics.NAME, status, ...) or a value")
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+
+    def get(self, record: Record) -> Any:
+        return record.get(self.name, _MISSING)
+
+
+def _value(operand: Any, record: Record) -> Any:
+    return operand.get(record) if isinstance(operand, _Field) else operand
+
+
+def _word(text: str) -> Any:
+    if text in FIELDS or text.startswith(_PREFIXES):
+        return _Field(text)
+    if _NUMBER.fullmatch(text):
+        number = float(text)
+        return int(number) if number.is_integer() and not re.search("[.eE]", text) else number
+    literals = {"true": True, "false": False, "null": None, "none": None}
+    return literals.get(text.lower(), text)
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    return re.sub(r"\\(.)", r"\1", body)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _compare(a: Any, b: Any, compare: Callable[[Any, Any], bool]) -> bool:
+    if a is _MISSING or b is _MISSING:
+        return False
+    if _is_number(a) and _is_number(b):
+        return compare(a, b)
+    return compare(_text(a), _text(b))
+
+
+def _truthy(value: Any) -> bool:
+    return value is not _MISSING and bool(value)
+
+
+def resolve_field(name: str, keys: Collection[str]) -> str | None:
+    """The field ``name`` stands for: itself when a field, else the one ``config.<name>`` or
+    ``metrics.<name>`` among ``keys`` (the runs' record keys); None when neither.
+
+    Raises:
+        ExpressionError: ``name`` is both a config key and a metric.
+    """
+    if name in FIELDS or name.startswith(_PREFIXES):
+        return name
+    found = [prefix + name for prefix in _PREFIXES if prefix + name in keys]
+    if len(found) > 1:
+        msg = f"{name!r} is both {found[0]} and {found[1]}: write one of them"
+        raise ExpressionError(msg)
+    return found[0] if found else None
+
+
+def _closest(name: str, keys: Collection[str]) -> list[str]:
+    return difflib.get_close_matches(name, [k.split(".", 1)[1] for k in keys if "." in k], n=3)
+
+
+def compile_where(expr: str, keys: Collection[str] = ()) -> Test:
+    """Parse ``expr`` into a test of one flat run record (``{"config.lr": 0.1, ...}``).
+
+    ``keys``: the record keys of the runs, so that ``lr`` may stand for ``config.lr``.
+
+    Raises:
+        ExpressionError: ``expr`` is not valid; the message points at the column.
+    """
+    return _Parser(expr, keys).parse()

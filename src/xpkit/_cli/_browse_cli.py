@@ -1,0 +1,524 @@
+"""``xp ls``, ``xp show``, ``xp diff`` and ``xp lineage``: browsing runs from the shell.
+
+Output is a rich table/tree with colours on a terminal (or with ``FORCE_COLOR`` set), plain
+aligned text when piped (``NO_COLOR`` forces it); rich is imported only in the first case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .._catalog._run import Run
+from .._catalog._runs import Runs, find_run_dirs, resolve_run
+from .._core._config import flatten
+from .._core._progress import duration_text
+from .._core._settings import load_settings
+from .._record._diff import (
+    MISSING,
+    Change,
+    code_diff,
+    config_changes,
+    data_changes,
+    env_changes,
+    metric_changes,
+)
+from .._record._lineage import LineageNode, lineage, upstream_changes
+
+__all__ = ["diff_command", "lineage_command", "ls_command", "show_command"]
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "running": "yellow",
+    "interrupted": "magenta",
+}
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+class _Out:
+    """Lines, tables and trees: rich on a terminal, plain text otherwise."""
+
+    def __init__(self) -> None:
+        self.console: Any = None
+        if _want_color():
+            try:
+                from rich.console import Console
+            except ImportError:
+                return
+            # piped with FORCE_COLOR: no terminal width to fit, so do not cut lines
+            width = None if sys.stdout.isatty() else 100_000
+            self.console = Console(highlight=False, force_terminal=True, width=width)
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.console is None:
+            sys.stdout.write(text + "\n")
+        else:
+            from rich.markup import escape
+
+            self.console.print(escape(text), style=style)
+
+    def table(
+        self,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        styles: Sequence[Callable[[str], str | None] | None] = (),
+    ) -> None:
+        if self.console is None:
+            sys.stdout.write(_plain_table(headers, rows))
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for header in headers:
+            table.add_column(header, no_wrap=True, overflow="fold")
+        for row in rows:
+            cells = []
+            for i, cell in enumerate(row):
+                pick = styles[i] if i < len(styles) else None
+                style = pick(cell) if pick is not None else None
+                cells.append(f"[{style}]{_escape(cell)}[/]" if style else _escape(cell))
+            table.add_row(*cells)
+        self.console.print(table)
+
+
+def _want_color() -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [headers, *rows]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _status_style(status: str) -> str | None:
+    return _STATUS_STYLE.get(status)
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None or value is MISSING:
+        return "" if value is None else "(missing)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _when(value: Any) -> str:
+    started = value if isinstance(value, dt.datetime) else _parse_time(value)
+    if started is None:
+        return "" if not value else str(value)
+    return started.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _size(n_bytes: Any) -> str:
+    if not isinstance(n_bytes, (int, float)):
+        return ""
+    size = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""  # pragma: no cover
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"xp {name}", description=description)
+
+
+# -- xp ls --------------------------------------------------------------------------------
+
+
+def ls_command(argv: list[str]) -> int:
+    """``xp ls [PATH...] [--where EXPR] [--sort KEY] [--limit N] [--format table|csv|json]``."""
+    p = _parser("ls", "List runs, newest first, with the config keys that vary and metrics.")
+    p.epilog = (
+        "EXPR compares fields (config.KEY, metrics.NAME, id, stage, status, dir, started, "
+        "duration_s, commit; KEY or NAME alone when unambiguous, as the table heads them) "
+        "with == != < <= > >= (two numbers compare as numbers), "
+        "combined with and, or, not and parentheses; strings may be quoted or bare. "
+        "Example: xp ls --where 'config.lr > 0.01 and status == completed' --sort -metrics.acc"
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="run dirs, dirs of runs or globs")
+    p.add_argument(
+        "-w", "--where", metavar="EXPR", help="e.g. 'config.lr > 0.01 and status == completed'"
+    )
+    p.add_argument(
+        "-s", "--sort", metavar="KEY", default="-started", help="field, '-' first for descending"
+    )
+    p.add_argument("-n", "--limit", metavar="N", type=int, help="show at most N runs")
+    p.add_argument("-f", "--format", choices=("table", "csv", "json"), default="table")
+    args = p.parse_args(_glue_sort(argv))
+    settings = load_settings()
+    found = Runs.load(find_run_dirs(args.paths or None, settings=settings), settings=settings)
+    here = os.getcwd() + os.sep
+    for message in found.skipped:
+        shown_message = message[len(here) :] if message.startswith(here) else message
+        print(f"xp ls: warning: skipped {shown_message}", file=sys.stderr)
+    shown = found.where(args.where) if args.where else found
+    shown = shown.sort(args.sort)
+    if args.limit is not None:
+        shown = shown.limit(args.limit)
+    if args.format == "json":
+        records = [{k: _json_value(v) for k, v in r.items()} for r in shown.records()]
+        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(_csv(shown.records()))
+    else:
+        _ls_table(shown, found.data_changed(), _Out())
+    return 0
+
+
+def _glue_sort(argv: list[str]) -> list[str]:
+    """Let ``--sort -metrics.acc`` through (argparse takes ``-metrics.acc`` for an option)."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-s", "--sort"):
+            value = next(args, None)
+            out.append(arg if value is None else f"--sort={value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN/Infinity
+    return value
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for rec in records:
+        writer.writerow(["" if rec.get(c) is None else _cell(rec.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def varying_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``config.*`` keys whose value differs between runs of the same stage (``save_dir`` out)."""
+    by_stage: dict[Any, list[Mapping[str, Any]]] = {}
+    keys: dict[str, None] = {}
+    for rec in records:
+        by_stage.setdefault(rec.get("stage"), []).append(rec)
+        keys.update(dict.fromkeys(k for k in rec if k.startswith("config.")))
+    keys.pop("config.save_dir", None)
+    return [k for k in keys if any(_varies(k, group) for group in by_stage.values())]
+
+
+def _varies(key: str, group: list[Mapping[str, Any]]) -> bool:
+    first = _comparable(group[0].get(key, MISSING))
+    return any(_comparable(r.get(key, MISSING)) != first for r in group[1:])
+
+
+def _comparable(value: Any) -> Any:
+    """A value that compares equal only to the same value of the same type (1 != 1.0 != True)."""
+    if isinstance(value, (list, dict)):
+        return ("json", json.dumps(value, sort_keys=True, default=repr))
+    return (type(value).__name__, value)
+
+
+def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
+    records = shown.records()
+    config = varying_keys(records)
+    metrics = list(dict.fromkeys(k for r in records for k in r if k.startswith("metrics.")))
+    with_data = any(r._brief.data for r in shown)
+    with_sweep = any("sweep" in r for r in records)
+    headers = ["id", "stage", "status", "started", "duration"]
+    headers += ["sweep"] if with_sweep else []
+    headers += ["data"] if with_data else []
+    headers += [*_short_names(config + metrics), "commit"]
+    rows = []
+    for run, rec in zip(shown, records, strict=True):
+        row = [rec["id"], rec["stage"], rec["status"], _when(rec["started"])]
+        row.append(duration_text(rec["duration_s"]))
+        row += [_sweep_cell(rec.get("sweep"))] if with_sweep else []
+        row += (["*" if run in changed else ""]) if with_data else []
+        row += [_cell(rec.get(k)) for k in config + metrics]
+        row.append((rec["commit"] or "")[:7])
+        rows.append(row)
+    styles: list[Callable[[str], str | None] | None] = [lambda _: "cyan", None, _status_style]
+    styles += [None] * (len(headers) - 3)
+    if not rows:
+        print("no runs found", file=sys.stderr)
+        return
+    out.table(headers, rows, styles=styles)
+
+
+def _sweep_cell(sweep: str | None) -> str:
+    """``"<sweep id> k/n"`` shortened to the id's first 6 digits, as ``xp ls`` shows ids."""
+    if not sweep:
+        return ""
+    sweep_id, _, point = sweep.partition(" ")
+    return f"{sweep_id[:6]} {point}"
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """``config.lr`` -> ``lr`` and ``metrics.acc`` -> ``acc`` unless two would collide."""
+    short = [k.split(".", 1)[1] for k in keys]
+    clash = {s for s in short if short.count(s) > 1}
+    return [k if s in clash else s for k, s in zip(keys, short, strict=True)]
+
+
+# -- xp show ------------------------------------------------------------------------------
+
+
+def show_command(argv: list[str]) -> int:
+    """``xp show RUN``: summary, config, metrics, data, lineage and error of one run."""
+    p = _parser("show", "Show one run: summary, config, metrics, data, upstream, error.")
+    p.add_argument("run", metavar="RUN", help="run directory, latest link or id prefix")
+    args = p.parse_args(argv)
+    run = resolve_run(args.run)
+    lock = run.lock
+    out = _Out()
+    out.line(f"{lock.stage} {lock.id}  {run.status}", style=_status_style(run.status))
+    _pairs(out, _summary(run))
+    _section(out, "config", [(k, _cell(v)) for k, v in flatten(lock.config).items()])
+    _section(out, "metrics", [(k, _cell(v)) for k, v in run.metrics.items()])
+    _section(out, "data", _data_rows(lock.data or {}))
+    _section(out, "upstream", [(k, _brief(v)) for k, v in (lock.upstream or {}).items()])
+    for change in upstream_changes(run):
+        out.line(f"warning: {change}", style="yellow")
+    if lock.error:
+        out.line("error", style="bold red")
+        error = lock.error
+        out.line(f"  {error.get('type', 'Error')}: {error.get('message', '')}", style="red")
+        for text in str(error.get("traceback") or "").rstrip().splitlines():
+            out.line(f"  {text}")
+    return 0
+
+
+def _summary(run: Run) -> list[tuple[str, str]]:
+    lock = run.lock
+    took = duration_text(run.duration_s)
+    rows = [
+        ("dir", lock.dir),
+        ("started", _when(lock.started) + (f"  (took {took})" if took else "")),
+    ]
+    if lock.host or lock.pid:
+        rows.append(("host", f"{lock.host or '?'}  pid {lock.pid}"))
+    if lock.argv:
+        rows.append(("command", " ".join(lock.argv)))
+    rows.append(("code", _code_line(lock.src)))
+    if lock.tasks:
+        rows.append(("tasks", ", ".join(f"{k} {v}" for k, v in lock.tasks.items())))
+    return rows
+
+
+def _code_line(src: Mapping[str, Any] | None) -> str:
+    if not src:
+        return "no code snapshot"
+    commit = src.get("commit")
+    if not commit:
+        return f"no code snapshot ({src.get('error') or src.get('reason') or 'not recorded'})"
+    text = str(commit)[:12]
+    if src.get("branch"):
+        text += f" on {src['branch']}"
+    return text + (" (dirty)" if src.get("dirty") else "")
+
+
+def _data_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for name, entry in data.items():
+        if not isinstance(entry, Mapping):
+            rows.append((str(name), _cell(entry)))
+            continue
+        parts = [str(entry.get("path", name)), _short_hash(entry.get("hash"))]
+        if entry.get("files") is not None:
+            parts.append(f"{entry['files']} files")
+        parts.append(_size(entry.get("bytes")))
+        rows.append((str(name), "  ".join(p for p in parts if p)))
+    return rows
+
+
+def _short_hash(value: Any) -> str:
+    text = str(value or "")
+    algo, _, digest = text.rpartition(":")
+    return f"{algo}:{digest[:12]}" if algo else text[:12]
+
+
+def _brief(lock: Any) -> str:
+    if not isinstance(lock, Mapping):
+        return _cell(lock)
+    fields = [lock.get("stage"), lock.get("id"), lock.get("status"), _when(lock.get("started"))]
+    return "  ".join(str(f) for f in fields if f) + f"  {lock.get('dir', '')}"
+
+
+def _pairs(out: _Out, rows: Sequence[tuple[str, str]], indent: str = "  ") -> None:
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        out.line(f"{indent}{key:<{width}}  {value}")
+
+
+def _section(out: _Out, title: str, rows: Sequence[tuple[str, str]]) -> None:
+    if rows:
+        out.line(title, style="bold")
+        _pairs(out, rows)
+
+
+# -- xp diff ------------------------------------------------------------------------------
+
+
+def diff_command(argv: list[str]) -> int:
+    """``xp diff RUN_A RUN_B [--code]``: config, code, data, environment and metrics."""
+    p = _parser("diff", "Compare two runs: config, code, data, environment and metrics.")
+    p.add_argument("run_a", metavar="RUN_A", help="run directory, latest link or id prefix")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory, latest link or id prefix")
+    p.add_argument("--code", action="store_true", help="the full code diff, not only its stat")
+    args = p.parse_args(argv)
+    a, b = resolve_run(args.run_a), resolve_run(args.run_b)
+    out = _Out()
+    for label, run in (("A", a), ("B", b)):
+        out.line(f"{label}: {run.stage} {run.id}  {run.lock.dir}  ({_when(run.lock.started)})")
+    _changes(out, "config", config_changes(a, b))
+    _code(out, a, b, full=args.code)
+    _data(out, a, b)
+    _changes(out, "environment", env_changes(a, b))
+    _changes(out, "metrics", metric_changes(a, b), numeric=True)
+    return 0
+
+
+def _changes(out: _Out, title: str, changes: list[Change], *, numeric: bool = False) -> None:
+    out.line(title, style="bold")
+    if not changes:
+        out.line("  (no differences)")
+    for c in changes:
+        if c.before is MISSING:
+            out.line(f"  + {c.key}: {_cell(c.after)}", style="green")
+        elif c.after is MISSING:
+            out.line(f"  - {c.key}: {_cell(c.before)}", style="red")
+        else:
+            delta = _delta(c.before, c.after) if numeric else ""
+            out.line(f"  {c.key}: {_cell(c.before)} -> {_cell(c.after)}{delta}", style="yellow")
+
+
+def _delta(before: Any, after: Any) -> str:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after))
+    return f"  ({after - before:+.4g})" if numbers else ""
+
+
+def _code(out: _Out, a: Run, b: Run, *, full: bool) -> None:
+    out.line("code", style="bold")
+    diff = code_diff(a, b, stat=not full)
+    if diff.note:
+        out.line(f"  ({diff.note})")
+        return
+    out.line(f"  {(diff.commit_a or '')[:7]} -> {(diff.commit_b or '')[:7]}")
+    for text in diff.text.rstrip().splitlines():
+        style = None
+        if full and text.startswith("+") and not text.startswith("+++"):
+            style = "green"
+        elif full and text.startswith("-") and not text.startswith("---"):
+            style = "red"
+        out.line(f"  {text}", style=style)
+
+
+def _data(out: _Out, a: Run, b: Run) -> None:
+    out.line("data", style="bold")
+    changes = data_changes(a, b)
+    if not changes:
+        out.line("  (no differences)")
+    for c in changes:
+        before, after = _short_hash(c.before) or "(none)", _short_hash(c.after) or "(none)"
+        out.line(f"  {c.name}: {before} -> {after}", style="yellow")
+        if c.added is None:
+            out.line("    (no file manifests: only the hash is known to differ)")
+            continue
+        for mark, files, style in (("+", c.added, "green"), ("-", c.removed, "red")):
+            for f in files or ():
+                out.line(f"    {mark} {f}", style=style)
+        for f in c.modified or ():
+            out.line(f"    ~ {f}", style="yellow")
+
+
+# -- xp lineage ---------------------------------------------------------------------------
+
+
+def lineage_command(argv: list[str]) -> int:
+    """``xp lineage RUN``: the tree of upstream runs with stage, id, status and date."""
+    p = _parser("lineage", "Draw the tree of the runs RUN consumed, recursively.")
+    p.add_argument("run", metavar="RUN", help="run directory, latest link or id prefix")
+    args = p.parse_args(argv)
+    run = resolve_run(args.run)
+    tree = lineage(run)
+    out = _Out()
+    if out.console is not None:
+        _rich_tree(out, tree, run)
+        return 0
+    out.line(_node_text(tree, run.status))
+    _plain_children(out, tree.children, "")
+    return 0
+
+
+def _node_text(node: LineageNode, status: str | None = None) -> str:
+    lock = node.lock
+    label = f"{node.key}: " if node.key else ""
+    status = status or str(lock.get("status"))
+    text = f"{label}{lock.get('stage')} {lock.get('id')} {status} {_when(lock.get('started'))}"
+    text += f"  {lock.get('dir', '')}"
+    return text + (f"  [changed since: {node.change}]" if node.change else "")
+
+
+def _plain_children(out: _Out, children: list[LineageNode], prefix: str) -> None:
+    for i, child in enumerate(children):
+        last = i == len(children) - 1
+        out.line(f"{prefix}{'└── ' if last else '├── '}{_node_text(child)}")
+        _plain_children(out, child.children, prefix + ("    " if last else "│   "))
+
+
+def _rich_tree(out: _Out, tree: LineageNode, run: Run) -> None:
+    from rich.tree import Tree
+
+    def label(node: LineageNode, status: str | None = None) -> str:
+        text = _escape(_node_text(node, status))
+        style = "yellow" if node.change else _status_style(status or str(node.lock.get("status")))
+        return f"[{style}]{text}[/]" if style else text
+
+    def add(parent: Any, node: LineageNode) -> None:
+        for child in node.children:
+            add(parent.add(label(child)), child)
+
+    root = Tree(label(tree, run.status))
+    add(root, tree)
+    out.console.print(root)

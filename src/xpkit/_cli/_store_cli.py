@@ -1,0 +1,110 @@
+"""``xp push``, ``xp pull`` and ``xp store ls``: share runs through a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from .._share._store import list_store, pull, push
+
+__all__ = ["pull_command", "push_command", "store_command"]
+
+_STORE_HELP = "a directory or an fsspec URL such as s3://bucket/path (default: [tool.xpkit] store)"
+
+
+def push_command(argv: list[str]) -> int:
+    """``xp push RUN... [--store URL] [--git-remote NAME]``."""
+    parser = argparse.ArgumentParser(
+        prog="xp push",
+        description="Copy runs and their whole lineage (run directories and code) to a store.",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run directory, latest link or id prefix; or a stage's directory: all its runs",
+    )
+    parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
+    parser.add_argument(
+        "--git-remote", metavar="NAME", help="also push the code as refs/xpkit/runs/<id> there"
+    )
+    ns = parser.parse_args(argv)
+    report = push(ns.runs, store=ns.store, git_remote=ns.git_remote)
+    for row in report.runs:
+        detail = ""
+        if row["state"] == "sent":
+            kept = row["files"] - row["sent_files"]
+            detail = f": {row['sent_files']} files, {_size(row['sent_bytes'])} sent, {kept} kept"
+        print(f"{row['id']}  {row['stage']:<12} {row['dir']}  {row['state']}{detail}")
+    for name in report.bundles:
+        print(f"code: bundle {name}")
+    print(f"pushed {len(report.runs)} runs in {report.duration_s:.1f} s")
+    return 0
+
+
+def pull_command(argv: list[str]) -> int:
+    """``xp pull RUN_ID [--store URL] [--link]``."""
+    parser = argparse.ArgumentParser(
+        prog="xp pull",
+        description="Bring a run and its whole lineage (run directories and code) from a store.",
+    )
+    parser.add_argument("run", metavar="RUN_ID", help="a unique prefix of the run id")
+    parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
+    parser.add_argument(
+        "--link", action="store_true", help="symlink run directories from a filesystem store"
+    )
+    ns = parser.parse_args(argv)
+    report = pull(ns.run, store=ns.store, link=ns.link)
+    for row in report.runs:
+        differing = row["differing"]
+        detail = (
+            f": {len(differing)} paths differ ({', '.join(differing[:3])})" if differing else ""
+        )
+        print(f"{row['id']}  {row['stage']:<12} {row['dir']}  {row['state']}{detail}")
+    if report.code is not None:
+        moved = report.code.branch_updated
+        print(
+            f"code: {len(report.code.fetched)} bundles fetched"
+            + (f", branch at {moved[:12]}" if moved else "")
+        )
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def store_command(argv: list[str]) -> int:
+    """``xp store ls [--store URL] [--format table|json]``."""
+    parser = argparse.ArgumentParser(prog="xp store", description="Inspect a store.")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = sub.add_parser("ls", help="list the runs a store holds")
+    ls.add_argument("--store", metavar="URL", help=_STORE_HELP)
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    ns = parser.parse_args(argv)
+    runs = list_store(ns.store)
+    if ns.format == "json":
+        print(json.dumps([asdict(r) for r in runs], indent=1))
+        return 0
+    rows: list[tuple[str, ...]] = [("id", "stage", "dir", "started", "size", "files", "complete")]
+    rows += [_ls_row(asdict(r)) for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _ls_row(r: dict[str, Any]) -> tuple[str, ...]:
+    started = r["started"][:19].replace("T", " ")
+    complete = "yes" if r["complete"] else "NO"
+    return (r["id"], r["stage"], r["dir"], started, _size(r["bytes"]), str(r["files"]), complete)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover

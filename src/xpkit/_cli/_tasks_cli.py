@@ -1,0 +1,116 @@
+"""``xp tasks RUN [--wait] [--failed]``: the progress of a mapped run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from .._catalog._run import process_alive
+from .._catalog._runs import resolve_run
+from .._core._lock import RunLock
+from .._core._paths import RunPaths
+from .._core._progress import duration_text
+from .._parallel import _tasks
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    """Show done / failed / left, throughput, Slurm job states and failed tasks of a run."""
+    parser = argparse.ArgumentParser(prog="xp tasks", description=main.__doc__)
+    parser.add_argument(
+        "run", metavar="RUN", help="run directory, latest link or id prefix (of a mapped run)"
+    )
+    parser.add_argument("--wait", action="store_true", help="follow until the map ends")
+    parser.add_argument(
+        "--failed", action="store_true", help="print every failed task with its traceback"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=5.0, metavar="S", help="seconds between --wait polls"
+    )
+    options = parser.parse_args(argv)
+    paths = RunPaths(resolve_run(options.run).dir.resolve())
+    lock = _tasks.load_map_lock(paths)
+    total = len(_tasks.read_todo(paths))
+    scanner = _tasks.DoneScanner(paths, total)
+    while True:
+        state = scanner.refresh()
+        lock = _tasks.load_map_lock(paths)
+        states = _job_states(lock)
+        if options.wait and lock.status == "running":
+            _end_if_abandoned(paths, lock, state, states)
+            lock = _tasks.load_map_lock(paths)
+        if not options.wait or lock.status != "running":
+            break
+        print(_progress_line(state), flush=True)
+        time.sleep(options.interval)
+    print(_report(paths, lock, state, states, failed=options.failed))
+    return 0 if lock.status in ("completed", "running") else 1
+
+
+def _job_states(lock: RunLock) -> dict[str, str]:
+    jobs = (lock.tasks or {}).get("jobs")
+    if not jobs:
+        return {}
+    from .._parallel._slurm import job_states
+
+    return job_states([str(j) for j in jobs])
+
+
+def _end_if_abandoned(
+    paths: RunPaths, lock: RunLock, state: _tasks.TaskState, states: dict[str, str]
+) -> None:
+    """End a run nobody else will end: its Slurm jobs are gone, or its process is dead."""
+    if (lock.tasks or {}).get("backend") != "slurm":
+        if process_alive(lock) is False:
+            _tasks.finalize(paths, state, force=True)
+        return
+    from .._parallel._slurm import unfinished
+
+    if state.left == 0:
+        _tasks.try_finalize(paths, wait_submitted_s=60)
+    elif states and not unfinished(states):
+        time.sleep(1)  # a worker may be writing its last records
+        _tasks.finalize(paths, _tasks.scan_done(paths, state.total), force=True)
+
+
+def _progress_line(state: _tasks.TaskState) -> str:
+    pct = 100.0 * state.done / state.total if state.total else 100.0
+    return (
+        f"tasks  {state.total} total · {state.done} done · {len(state.failed)} failed · "
+        f"{state.left} left  ({pct:.1f}%)"
+    )
+
+
+def _report(
+    paths: RunPaths,
+    lock: RunLock,
+    state: _tasks.TaskState,
+    states: dict[str, str],
+    *,
+    failed: bool,
+) -> str:
+    info: dict[str, Any] = dict(lock.tasks or {})
+    mode = f" {info['mode']}" if info.get("mode") else ""
+    lines = [
+        f"run    {lock.dir}  (id {lock.id}, {info.get('backend', '?')}{mode}, {lock.status})",
+        _progress_line(state),
+    ]
+    if state.first_time is not None and state.last_time is not None:
+        span = max(state.last_time - state.first_time, 1e-3)
+        rate = (state.done + len(state.failed)) / span
+        eta = f"; about {duration_text(state.left / rate)} left" if state.left and rate else ""
+        lines.append(f"speed  {rate:.2f} tasks/s over {duration_text(span)}{eta}")
+    if states:
+        lines.append("jobs   " + ", ".join(f"{job} {st}" for job, st in sorted(states.items())))
+    if state.failed:
+        lines.append("failed:")
+        todo = _tasks.read_todo(paths)
+        for i in sorted(state.failed):
+            error = state.failed[i].get("error") or {}
+            lines.append(f"  task {i}: {error.get('type', '?')}: {error.get('message', '')}")
+            if failed:
+                lines.append(f"    task value: {todo[i]!r}")
+                lines.extend("    " + t for t in str(error.get("traceback", "")).splitlines())
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""The run.lock record: one frozen dataclass, YAML only at the edge, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import LockError, LockVersionError
+from ._paths import atomic_write_text
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "RunLock",
+    "dump_yaml",
+    "load_lock",
+    "load_yaml",
+    "new_run_id",
+    "now",
+    "write_lock",
+]
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
+    """Safe dumper writing multi-line strings (tracebacks) as literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+@dataclass(frozen=True)
+class RunLock:
+    """Everything that made a run, as stored in its run.lock.
+
+    Sections filled by recorders (``src``, ``data``, ``upstream``, ``env``, ``tasks``) are
+    plain mappings; keys this version does not know are kept in ``extra`` and written back.
+    """
+
+    id: str
+    stage: str
+    dir: str
+    status: str = "running"
+    started: str = ""
+    ended: str | None = None
+    duration_s: float | None = None
+    pid: int | None = None
+    host: str | None = None
+    argv: tuple[str, ...] = ()
+    error: Mapping[str, Any] | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    src: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+    upstream: Mapping[str, Any] | None = None
+    env: Mapping[str, Any] | None = None
+    metrics: Mapping[str, Any] | None = None
+    tasks: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    xpkit: int = SCHEMA_VERSION
+
+    def replace(self, **changes: Any) -> RunLock:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run.lock mapping, in schema order; empty sections are left out."""
+        out: dict[str, Any] = {"xpkit": self.xpkit}
+        for f in dataclasses.fields(self):
+            if f.name in ("xpkit", "extra"):
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name in _OPTIONAL:
+                continue
+            out[f.name] = list(value) if f.name == "argv" else value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "run.lock") -> RunLock:
+        """Build a lock from a parsed mapping, validating the schema.
+
+        Raises:
+            LockVersionError: the lock comes from a newer schema.
+            LockError: a required key is missing or has the wrong type.
+        """
+        version = data.get("xpkit")
+        if not isinstance(version, int):
+            msg = f"{source}: not a run.lock (no integer 'xpkit' schema version)"
+            raise LockError(msg)
+        if version > SCHEMA_VERSION:
+            msg = (
+                f"{source}: run.lock schema {version} is newer than this xpkit understands "
+                f"({SCHEMA_VERSION}); upgrade xpkit to read it"
+            )
+            raise LockVersionError(msg)
+        for key in ("id", "stage", "dir", "status"):
+            if not isinstance(data.get(key), str):
+                msg = f"{source}: run.lock key {key!r} is missing or not a string"
+                raise LockError(msg)
+        if data["status"] not in STATUSES:
+            msg = (
+                f"{source}: run.lock status {data['status']!r} is not one of {', '.join(STATUSES)}"
+            )
+            raise LockError(msg)
+        _check_types(data, source)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        known["argv"] = tuple(known.get("argv") or ())
+        known["config"] = known.get("config") or {}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+
+_OPTIONAL = frozenset({"error", "src", "data", "upstream", "env", "metrics", "tasks"})
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "started": ((str,), "a string"),
+    "ended": ((str,), "a string"),
+    "duration_s": ((int, float), "a number"),
+    "pid": ((int,), "an integer"),
+    "host": ((str,), "a string"),
+    "argv": ((list,), "a list of strings"),
+    "config": ((dict,), "a mapping"),
+    **dict.fromkeys(_OPTIONAL, ((dict,), "a mapping")),
+}
+
+
+def _check_types(data: Mapping[str, Any], source: str) -> None:
+    for key, (kinds, what) in _KINDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, kinds)
+        if key == "argv" and not bad:
+            bad = not all(isinstance(a, str) for a in value)
+        if bad:
+            msg = f"{source}: run.lock key {key!r} must be {what}, got {value!r:.80}"
+            raise LockError(msg)
+
+
+def new_run_id() -> str:
+    """A fresh run id: 12 random hex digits, so that a short prefix is unique."""
+    return os.urandom(6).hex()
+
+
+def now() -> dt.datetime:
+    """The current local time, timezone-aware."""
+    return dt.datetime.now().astimezone()
+
+
+def dump_yaml(data: Any) -> str:
+    """Dump ``data`` as block-style YAML keeping key order."""
+    return yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """Parse YAML text safely (the C loader when PyYAML has it).
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)
+
+
+def write_lock(path: Path, lock: RunLock) -> None:
+    """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    atomic_write_text(path, dump_yaml(lock.to_dict()))
+
+
+def load_lock(path: str | os.PathLike[str]) -> RunLock:
+    """Read and validate a run.lock file (or the run.lock inside a run directory).
+
+    Raises:
+        LockError: the file is missing, is not valid YAML (file and line named) or does not
+            follow the schema.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "run.lock"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        msg = f"{p}: cannot read run.lock ({e.strerror})"
+        raise LockError(msg) from None
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as e:
+        from ._config import yaml_error_where
+
+        msg = f"invalid YAML in run.lock {p}{yaml_error_where(e)}"
+        raise LockError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"{p}: not a run.lock (not a YAML mapping)"
+        raise LockError(msg)
+    return RunLock.from_dict(data, source=str(p))

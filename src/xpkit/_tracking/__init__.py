@@ -1,0 +1,1 @@
+"""xpkit, private: see docs/architecture.md."""
