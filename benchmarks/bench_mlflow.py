@@ -22,9 +22,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 import xpkit as xp  # noqa: E402 - after making the checkout importable
-from xpkit._core._lock import RunLock, dump_yaml, new_run_id, write_lock  # noqa: E402
+from xpkit._core._lock import RunLock, new_run_id, write_lock  # noqa: E402
 from xpkit._core._paths import RunPaths  # noqa: E402
 from xpkit._core._settings import load_settings  # noqa: E402
+from xpkit._core._yaml import dump_yaml  # noqa: E402
 from xpkit._tracking._mlflow import STATUS, Syncer, params_of, tags_of  # noqa: E402
 
 N_PARAMS, N_POINTS = 50, 20

@@ -18,8 +18,8 @@ import yaml
 
 import xpkit as xp
 from helpers import SRC, import_project
-from xpkit._core._lock import dump_yaml
 from xpkit._core._settings import clear_settings_cache
+from xpkit._core._yaml import dump_yaml
 
 PIPELINE = """
 from dataclasses import dataclass

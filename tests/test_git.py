@@ -614,22 +614,27 @@ def _stand_in_run(repo: Path, *, src: bool = True) -> types.SimpleNamespace:
     namespace: dict[str, object] = {}
     exec(compile(module.read_text(), str(module), "exec"), namespace)
     settings = Settings(root=repo, src=src)
+    stage = types.SimpleNamespace(name="stage_mod", src=True, fn=namespace["main"])
+    published: dict[str, object] = {}
     return types.SimpleNamespace(
-        stage=types.SimpleNamespace(name="stage_mod", src=True, fn=namespace["main"]),
-        settings=settings,
+        plan=types.SimpleNamespace(stage=stage, settings=settings, src=True),
         paths=types.SimpleNamespace(dir=repo / "results" / "stage_mod" / "240101-120000"),
         logger=logging.getLogger("xpkit.test.run"),
-        id="240101-120000-abcd",
+        published=published,
+        publish=published.__setitem__,
     )
 
 
 def test_source_recorder_section(repo: Path) -> None:
-    """The recorder commits at start and returns the run.lock ``src`` section at finish."""
+    """The recorder commits at start, publishes the run.lock ``src`` section before the body
+    runs, and returns it at finish."""
     run = _stand_in_run(repo)
     recorder = SourceRecorder()
     recorder.prepare(types.SimpleNamespace())  # type: ignore[arg-type]
     recorder.start(run)  # type: ignore[arg-type]
+    assert run.published["src"]["commit"]
     section = recorder.finish(run)  # type: ignore[arg-type]
+    assert section == run.published["src"]
     commit = section["commit"]
     assert set(section) == {"commit", "head", "branch", "dirty", "remote", "files"}
     assert section["files"]["stage_mod.py"] == git(repo, "rev-parse", f"{commit}:stage_mod.py")

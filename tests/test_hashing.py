@@ -292,12 +292,14 @@ def _plan(tmp_path: Path, config: dict[str, Any], data: tuple[str, ...]) -> Simp
 
 
 def _run(plan: SimpleNamespace, name: str) -> SimpleNamespace:
+    """A stand-in of the run in progress: ``published`` keeps what run.lock got early."""
     run_dir = plan.settings.root / "results" / "prep" / name
     run_dir.mkdir(parents=True)
     logger = logging.getLogger(f"xpkit.test.{name}")
+    published: dict[str, Any] = {}
     return SimpleNamespace(
-        id=name, paths=RunPaths(run_dir), settings=plan.settings, config=plan.config,
-        stage=plan.stage, logger=logger,
+        plan=plan, paths=RunPaths(run_dir), logger=logger,
+        published=published, publish=published.__setitem__,
     )  # fmt: skip
 
 

@@ -10,8 +10,8 @@ import yaml
 
 import xpkit as xp
 from helpers import import_project
-from xpkit._core._lock import dump_yaml
 from xpkit._core._settings import clear_settings_cache
+from xpkit._core._yaml import dump_yaml
 from xpkit._record._lineage import lineage, upstream_changes
 from xpkit.errors import UpstreamError
 

@@ -439,19 +439,19 @@ def test_xp_tasks_shows_progress_and_failures(project: Path) -> None:
 
 def test_pool_claims_are_exclusive_and_stale_ones_taken_over_once(tmp_path: Path) -> None:
     """A claim is won by one creator; a stale claim by exactly one next generation."""
-    from xpkit._parallel import _slurm
+    from xpkit._parallel import _pool
 
     paths = RunPaths(tmp_path)
     paths.claims.mkdir(parents=True)
-    assert _slurm._latest_claim(paths, 5) == (-1, 0.0)
-    assert _slurm._create(paths.claim_file(5, 0))
-    assert not _slurm._create(paths.claim_file(5, 0))
+    assert _pool.latest_claim(paths, 5) == (-1, 0.0)
+    assert _pool.create(paths.claim_file(5, 0))
+    assert not _pool.create(paths.claim_file(5, 0))
     os.utime(paths.claim_file(5, 0), (0, 0))  # what a checkpointing worker does
-    gen, mtime = _slurm._latest_claim(paths, 5)
+    gen, mtime = _pool.latest_claim(paths, 5)
     assert (gen, mtime) == (0, 0.0)
-    assert _slurm._fs_now(paths, "w") - mtime > _slurm.STALE_S
-    assert [_slurm._create(paths.claim_file(5, gen + 1)) for _ in range(3)] == [True, False, False]
-    assert _slurm._latest_claim(paths, 5)[0] == 1
+    assert _pool._fs_now(paths, "w") - mtime > _pool.STALE_S
+    assert [_pool.create(paths.claim_file(5, gen + 1)) for _ in range(3)] == [True, False, False]
+    assert _pool.latest_claim(paths, 5)[0] == 1
 
 
 def test_slurm_time_left_parsing() -> None:

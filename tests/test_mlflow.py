@@ -488,8 +488,8 @@ def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path
 
 def test_stage_is_imported_again_from_the_entry_in_run_lock(project: Path) -> None:
     """run.lock records the stage's module and file; importing it skips the main block."""
-    from xpkit._cli._mlflow_cli import load_stage, stage_of_run
     from xpkit._core._settings import load_settings
+    from xpkit._execute._entry import load_stage, stage_of_run
 
     (project / "entry_stage.py").write_text(textwrap.dedent(STAGE_SCRIPT.format(name="entry")))
     done = subprocess.run(

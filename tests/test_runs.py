@@ -16,8 +16,8 @@ import xpkit as xp
 from helpers import import_project
 from xpkit._catalog._runindex import read_head
 from xpkit._catalog._runs import resolve_run, resolve_runs
-from xpkit._core._lock import dump_yaml
 from xpkit._core._settings import clear_settings_cache
+from xpkit._core._yaml import dump_yaml
 from xpkit.errors import AmbiguousRunError, ExpressionError, RunNotFoundError
 
 PIPELINE = """

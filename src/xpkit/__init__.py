@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from ._record._data import diff_manifests, load_manifest
     from ._record._hashing import HashRecord, hash_path
     from ._share._store import pull, push
-    from ._tracking._mlflow import sync_run, sync_runs
+    from ._tracking._batch import sync_runs
+    from ._tracking._mlflow import sync_run
 
 __version__ = "0.1.0"
 
@@ -60,7 +61,7 @@ _LAZY = {
     "diff_manifests": "_record._data",
     "load_manifest": "_record._data",
     "sync_run": "_tracking._mlflow",
-    "sync_runs": "_tracking._mlflow",
+    "sync_runs": "_tracking._batch",
     "Runs": "_catalog._runs",
     "runs": "_catalog._runs",
     "pull": "_share._store",

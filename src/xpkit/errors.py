@@ -12,6 +12,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── RunNotFoundError (LookupError)    no run matches a directory or id prefix
     │   └── AmbiguousRunError             an id prefix matches several runs
     ├── DataError (FileNotFoundError)     a tracked data path is missing or unreadable
+    ├── RunDirError (OSError)             a run directory cannot be created or written
     ├── UpstreamError (ValueError)        an upstream run is missing or not completed
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
@@ -33,6 +34,7 @@ __all__ = [
     "LockError",
     "LockVersionError",
     "NotInRunError",
+    "RunDirError",
     "RunNotFoundError",
     "SettingsError",
     "StageImportError",
@@ -80,6 +82,10 @@ class AmbiguousRunError(RunNotFoundError):
 
 class DataError(XpkitError, FileNotFoundError):
     """A tracked data path is missing or cannot be read."""
+
+
+class RunDirError(XpkitError, OSError):
+    """A run directory cannot be created or written (read-only filesystem, disk full)."""
 
 
 class UpstreamError(XpkitError, ValueError):

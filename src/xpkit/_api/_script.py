@@ -7,8 +7,9 @@ import copy
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,8 +17,15 @@ from .._catalog._run import Run
 from .._core import _config
 from .._core._lock import now
 from .._core._paths import display_path
-from ..errors import ConfigError, TaskError, TasksFailed, XpkitError
-from ._stage import Stage, _source_files, _user_traceback
+from .._execute._ending import user_traceback
+from .._execute._lifecycle import RunRequest, RunResult
+from .._tracking._hook import TRACKING
+from ..errors import ConfigError, TasksFailed, XpkitError
+from ._stage import Stage, _source_files
+
+if TYPE_CHECKING:
+    from .._parallel._backends import Backend
+    from .._parallel._sweep import Sweep
 
 __all__ = ["build_config", "build_parser", "run"]
 
@@ -50,46 +58,156 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
 
         enable_project_reload(shell)
     args = list(argv) if argv is not None else _script_argv(interactive)
-    caller = sys._getframe(1).f_globals
+    session = _Session(interactive, sys._getframe(1).f_globals)
     try:
         options = build_parser(stage).parse_intermixed_args(args)
     except SystemExit as e:  # --help, or an argparse usage error (already printed)
-        _exit(interactive, int(e.code or 0))
+        session.exit(int(e.code or 0))
         return None
     except XpkitError as e:  # bad settings or defaults, found while describing the fields
-        print(f"error: {e}", file=sys.stderr)
-        _exit(interactive, EXIT_USAGE)
+        session.usage_error(e)
         return None
-    before = stage.last
     try:
         cfg = build_config(stage, options)
         if options.print_config:
             print(_preview(cfg), end="")
-            _exit(interactive, 0)
+            session.exit(0)
             return None
-        argv_run = [_script_name(stage), *args]
-        _launch(stage, cfg, options, argv=argv_run, fds=not interactive)
-    except BaseException as e:
-        if isinstance(e, TaskError) and (options.sweep or isinstance(e, TasksFailed)):
-            # each failed task or point logged its error; its traceback is recorded
-            if options.sweep:  # a map's own run.log line already said it
-                print(f"error: {e}", file=sys.stderr)
-            if interactive and stage.last is not None and stage.last is not before:
-                _hand_back(stage.last, caller)
-            _exit(interactive, EXIT_FAILED)
-            return stage.last if interactive else None
-        if stage.last is before or stage.last is None:
-            if isinstance(e, XpkitError):  # bad input: nothing ran, no run directory
-                print(f"error: {e}", file=sys.stderr)
-                _exit(interactive, EXIT_USAGE)
-                return None
-            raise
-        return _failed(stage.last, e, options, interactive=interactive, namespace=caller)
-    if stage.last is None or stage.last is before:
-        return None  # a sweep submitted to Slurm: its runs start in the jobs
-    if interactive:
-        _hand_back(stage.last, caller)
-    return stage.last
+        return _launch(stage, cfg, options, session, argv=[_script_name(stage), *args])
+    except XpkitError as e:  # bad input: nothing ran, no run directory
+        session.usage_error(e)
+        return None
+
+
+@dataclass(frozen=True)
+class _Session:
+    """Where ``xp.run`` was called from: a script (exits) or a console (hands locals back)."""
+
+    interactive: bool
+    namespace: dict[str, Any]
+
+    def exit(self, code: int) -> None:
+        """Exit with ``code`` in a script; nothing in a console."""
+        if not self.interactive:
+            raise SystemExit(code)
+
+    def usage_error(self, e: XpkitError) -> None:
+        """Bad input: one line, exit status 2."""
+        print(f"error: {e}", file=sys.stderr)
+        self.exit(EXIT_USAGE)
+
+    def hand_back(self, run: Run) -> None:
+        """In a console: ``cfg`` and the stage function's locals into its namespace."""
+        if self.interactive:
+            _hand_back(run, self.namespace)
+
+
+def _launch(
+    stage: Stage[Any],
+    cfg: DictConfig,
+    options: argparse.Namespace,
+    session: _Session,
+    *,
+    argv: list[str],
+) -> Run | None:
+    """A single run, a map over ``--tasks`` (or ``--resume``), or a ``--sweep``."""
+    src = not options.no_src
+    if options.sweep:
+        return _sweep(stage, cfg, options, session, src=src)
+    fds = not session.interactive
+    if options.tasks or options.resume:
+        result = _map(stage, cfg, options, argv=argv, fds=fds, src=src)
+    else:
+        if options.backend or options.jobs or options.slurm or options.stop_on_error:
+            msg = "--backend, --jobs, --slurm and --stop-on-error need --tasks, --resume or --sweep"
+            raise ConfigError(msg)
+        request = RunRequest(
+            stage=stage, config=cfg, argv=argv, fds=fds, src=src, hooks=(TRACKING,)
+        )
+        result = stage._execute(request)
+    return _ended(result, options, session)
+
+
+def _map(
+    stage: Stage[Any],
+    cfg: DictConfig,
+    options: argparse.Namespace,
+    *,
+    argv: list[str],
+    fds: bool,
+    src: bool,
+) -> RunResult:
+    """``--tasks FILE`` / ``--resume RUN_DIR``."""
+    from .._parallel._map import MapOptions
+    from ._many import read_tasks_file
+
+    backend = _backend(options)
+    map_options = MapOptions(
+        key=options.task_key,
+        resume=Path(options.resume) if options.resume else None,
+        stop_on_error=options.stop_on_error or (options.pdb and backend.in_process),
+    )
+    tasks = read_tasks_file(options.tasks) if options.tasks else None
+    return stage._map(tasks, map_options, backend, base=cfg, argv=argv, fds=fds, src=src)
+
+
+def _sweep(
+    stage: Stage[Any], cfg: DictConfig, options: argparse.Namespace, session: _Session, *, src: bool
+) -> Run | None:
+    """``--sweep KEY=V1,V2 ...``: one run per point, then one summary line."""
+    from .._parallel._sweep import SweepFailed, grid_points
+    from ._many import parse_sweep_args
+
+    if options.tasks or options.resume:
+        msg = "--sweep makes one run per point; it does not combine with --tasks or --resume"
+        raise ConfigError(msg)
+    points = grid_points(parse_sweep_args(options.sweep))
+    try:
+        sweep = stage._sweep(points, _backend(options), base=cfg, src=src)
+    except SweepFailed as e:  # each failed point logged its error; its traceback is recorded
+        print(f"error: {e}", file=sys.stderr)
+        if e.sweep.last is not None:
+            session.hand_back(e.sweep.last.run)
+        session.exit(EXIT_FAILED)
+        return stage.last
+    print(_sweep_summary(sweep, len(points)), file=sys.stderr)
+    if sweep.last is None:
+        return None  # submitted to Slurm: its runs start in the jobs
+    session.hand_back(sweep.last.run)
+    return sweep.last.run
+
+
+def _backend(options: argparse.Namespace) -> Backend:
+    from .._parallel._registry import make_backend
+    from ._many import parse_slurm_args
+
+    slurm = parse_slurm_args(options.slurm)
+    return make_backend(options.backend or "serial", jobs=options.jobs, slurm=slurm)
+
+
+def _sweep_summary(sweep: Sweep, points: int) -> str:
+    """One line after a CLI sweep: where its runs are, or the Slurm jobs it submitted."""
+    if sweep.jobs:
+        jobs = ", ".join(sweep.jobs)
+        return f"[xpkit] sweep of {points} points submitted to Slurm: jobs {jobs}"
+    where = display_path(sweep.runs[0].dir.parent) if sweep.runs else "(no run)"
+    return (
+        f"[xpkit] sweep {sweep.id}: {len(sweep.runs)} runs completed in {where}"
+        f" (compare them: xp ls {where})"
+    )
+
+
+def _ended(result: RunResult, options: argparse.Namespace, session: _Session) -> Run | None:
+    """Hand a run back (console), or report its failure and exit (script)."""
+    exc = result.error
+    if exc is None:
+        session.hand_back(result.run)
+        return result.run
+    if isinstance(exc, TasksFailed):  # each failed task and the map's run.log line said it
+        session.hand_back(result.run)
+        session.exit(EXIT_FAILED)
+        return result.run
+    return _failed(result.run, exc, options, session)
 
 
 def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
@@ -182,24 +300,6 @@ class _StageParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _launch(
-    stage: Stage[Any], cfg: DictConfig, options: argparse.Namespace, *, argv: list[str], fds: bool
-) -> None:
-    """A single run, a map over ``--tasks`` (or ``--resume``), or a ``--sweep``."""
-    from .._parallel import _map
-
-    src = not options.no_src
-    if options.sweep:
-        _map.sweep_from_cli(stage, cfg, options, src=src)
-    elif options.tasks or options.resume:
-        _map.map_from_cli(stage, cfg, options, argv=argv, fds=fds, src=src)
-    else:
-        if options.backend or options.jobs or options.slurm or options.stop_on_error:
-            msg = "--backend, --jobs, --slurm and --stop-on-error need --tasks, --resume or --sweep"
-            raise ConfigError(msg)
-        stage._execute(cfg, argv=argv, fds=fds, src=src)
-
-
 def build_config(stage: Stage[Any], options: argparse.Namespace) -> DictConfig:
     """Layer defaults < --config/--experiment < --overrides-path < KEY=VALUE overrides.
 
@@ -247,30 +347,24 @@ def _preview(cfg: DictConfig) -> str:
 
 
 def _failed(
-    run: Run,
-    exc: BaseException,
-    options: argparse.Namespace,
-    *,
-    interactive: bool,
-    namespace: dict[str, Any],
+    run: Run, exc: BaseException, options: argparse.Namespace, session: _Session
 ) -> Run | None:
+    """Print the failure's traceback, hand the locals back, ``--pdb``, exit 1 (130 on Ctrl-C)."""
     import traceback
 
-    tb = _user_traceback(exc)
+    tb = user_traceback(exc)
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
-    if interactive:
+    if session.interactive:
         sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
         if sys.version_info >= (3, 12):
             sys.last_exc = exc
-        _hand_back(run, namespace)
+        session.hand_back(run)
     if options.pdb and tb is not None:
         import pdb
 
         pdb.post_mortem(tb)
-    if interactive:
-        return run
-    code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED
-    raise SystemExit(code)
+    session.exit(EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILED)
+    return run
 
 
 def _hand_back(run: Run, namespace: dict[str, Any]) -> None:
@@ -289,11 +383,6 @@ def _run_config(run: Run) -> Any:
         return run.config
     except XpkitError:
         return None
-
-
-def _exit(interactive: bool, code: int) -> None:
-    if not interactive:
-        raise SystemExit(code)
 
 
 def _console() -> Any:

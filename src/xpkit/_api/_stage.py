@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -11,7 +10,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
@@ -19,23 +18,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .._catalog._run import Run
 from .._core import _config
-from .._core._env import hostname
-from .._core._lock import RunLock, dump_yaml, load_lock, new_run_id, now
-from .._core._paths import PACKAGE_DIR, RunPaths, atomic_write_text, display_path
-from .._core._settings import Settings, load_settings
-from .._execute._capture import LogFile, capture_output
-from .._execute._context import ActiveRun, RunPlan, drop_logger, make_logger
-from .._execute._locals import call_capturing
-from .._record._recorders import Recorder, default_recorders
+from .._core._settings import load_settings
+from .._execute._entry import find_entry
+from .._execute._lifecycle import RunRequest, RunResult, execute
+from .._tracking._hook import TRACKING
 from ..errors import ConfigError
+
+if typing.TYPE_CHECKING:
+    from .._parallel._backends import Backend
+    from .._parallel._map import MapOptions
+    from .._parallel._sweep import Sweep
 
 __all__ = ["Stage", "stage"]
 
 R = TypeVar("R")
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread when the process receives SIGTERM during a run."""
 
 
 class Stage(Generic[R]):
@@ -68,13 +64,16 @@ class Stage(Generic[R]):
         self.save_dir = save_dir
         self.last: Run | None = None
         self.loggers: list[Callable[..., None]] = []
+        self._entry: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"<Stage {self.name!r} of {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
     def __getstate__(self) -> dict[str, Any]:
+        # sent to worker processes: where it is defined, found here; never the last run
         code = getattr(self.fn, "__code__", None)
-        return {**self.__dict__, "_source_file": getattr(code, "co_filename", None)}
+        state = {**self.__dict__, "_entry": self.entry(), "last": None}
+        return {**state, "_source_file": getattr(code, "co_filename", None)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         source = state.pop("_source_file", None)
@@ -102,12 +101,14 @@ class Stage(Generic[R]):
 
     def __call__(self, cfg: Any = None, /, **overrides: Any) -> R:
         """Run the stage, tracked: return the function's value, or raise its exception."""
-        base = self._defaults()
-        if cfg is not None:
-            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
-        if overrides:
-            base = _apply_kwargs(base, overrides)
-        return typing.cast(R, self._execute(base))
+        request = RunRequest(stage=self, config=self._build(cfg, overrides), hooks=(TRACKING,))
+        return typing.cast(R, self._execute(request).value())
+
+    def entry(self) -> dict[str, str]:
+        """Where the stage is defined: ``{module, qualname, file}`` (run.lock ``entry``)."""
+        if self._entry is None:
+            self._entry = find_entry(self, self.fn)
+        return self._entry
 
     def logger(self, fn: Callable[..., None]) -> Callable[..., None]:
         """Register a logging function ``fn(run, mlflow)`` run after every run and by ``xp log``."""
@@ -128,61 +129,20 @@ class Stage(Generic[R]):
         results = load_settings().results_dir
         return f"{results}/{self.name}/${{now:%y%m%d-%H%M%S}}"
 
-    def _execute(
-        self,
-        cfg: DictConfig,
-        *,
-        argv: typing.Sequence[str] | None = None,
-        fds: bool = False,
-        src: bool = True,
-        body: Body | None = None,
-        resume: Path | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """Run ``body`` (default: ``fn`` on the config) as one tracked run.
+    def _build(self, cfg: Any, overrides: Mapping[str, Any]) -> DictConfig:
+        """Defaults, then ``cfg`` (a dataclass, mapping or DictConfig), then ``overrides``."""
+        base = self._defaults()
+        if cfg is not None:
+            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
+        return _apply_kwargs(base, overrides) if overrides else base
 
-        Args:
-            cfg: the config, not yet resolved.
-            argv: the command line recorded in run.lock (default ``sys.argv``).
-            fds: capture the process's file descriptors 1 and 2 into run.log (scripts).
-            src: snapshot the code (when the stage does).
-            body: what the run does, given the active run (a map runs its tasks here).
-            resume: an existing run directory to run again in (same id, same files).
-            extra: keys added to run.lock from the start (e.g. ``sweep``).
-        """
-        settings = load_settings()
-        started = now()
-        view = self
-        if not src and self.src:
-            view = copy.copy(self)
-            view.src = False
-        plan = _plan(view, cfg, settings, started)
-        recorders = default_recorders(plan)
-        for recorder in recorders:
-            updates = recorder.prepare(plan)
-            if updates:  # e.g. an upstream ``latest`` link recorded as the run it points at
-                for key, value in updates.items():
-                    OmegaConf.update(cfg, key, value, merge=False)
-                    OmegaConf.update(plan.config, key, value, merge=False)
-        if resume is None:
-            run_dir = _create_run_dir(settings.resolve(plan.config.save_dir))
-            run_id = new_run_id()
-        else:
-            run_dir = resume.resolve()
-            run_id = load_lock(RunPaths(run_dir).lock).id
-        with open_dict(cfg):
-            cfg.save_dir = display_path(run_dir)
-        with _config.now_at(started):
-            _config.resolve(cfg)
-        plan = dataclasses.replace(plan, config=cfg)
-        active = _start(plan, run_dir, recorders, argv, run_id=run_id, extra=extra or {})
-        self.last = active.run
-        tracking = _begin_tracking(self, active)
-        try:
-            return _body(active, recorders, body or _call_fn, fds=fds)
-        finally:
-            if tracking is not None:
-                tracking.end()  # final MLflow sync and the stage's loggers; never raises
+    def _execute(self, request: RunRequest) -> RunResult:
+        """One run of this stage (a call, a script run, a sweep point)."""
+        return self._remember(execute(request))
+
+    def _remember(self, result: RunResult) -> RunResult:
+        self.last = result.run  # the one place Stage.last is written
+        return result
 
     def map(
         self,
@@ -222,20 +182,35 @@ class Stage(Generic[R]):
         Example:
             >>> run = main.map([{"input": p} for p in paths], backend="joblib")  # doctest: +SKIP
         """
-        from .._parallel._map import MapOptions, map_stage
+        from .._parallel._map import MapOptions
+        from .._parallel._registry import make_backend
 
-        base = self._defaults()
-        if cfg is not None:
-            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
+        chosen = make_backend(backend, jobs=jobs, slurm=slurm)
         options = MapOptions(
-            key=key,
-            backend=backend,
-            jobs=jobs,
-            slurm=dict(slurm or {}),
-            resume=None if resume is None else Path(resume),
-            stop_on_error=stop_on_error,
+            key=key, resume=None if resume is None else Path(resume), stop_on_error=stop_on_error
         )
-        return map_stage(self, base, tasks, options)
+        result = self._map(tasks, options, chosen, base=self._build(cfg, {}))
+        result.value()  # some tasks failed: TasksFailed
+        return result.run
+
+    def _map(
+        self,
+        tasks: typing.Iterable[Any] | None,
+        options: MapOptions,
+        backend: Backend,
+        *,
+        base: DictConfig,
+        argv: typing.Sequence[str] | None = None,
+        fds: bool = False,
+        src: bool = True,
+    ) -> RunResult:
+        """One run of this stage over ``tasks`` (``Stage.map``, ``--tasks``)."""
+        from .._parallel._map import map_stage
+
+        result = map_stage(
+            self, base, tasks, options, backend, argv=argv, fds=fds, src=src, hooks=(TRACKING,)
+        )
+        return self._remember(result)
 
     def sweep(
         self,
@@ -260,273 +235,30 @@ class Stage(Generic[R]):
         Example:
             >>> main.sweep({"lr": [0.1, 0.01], "seed": [0, 1]}, backend="joblib")  # doctest: +SKIP
         """
-        from .._parallel._map import grid_points, sweep_stage
+        from .._parallel._registry import make_backend
+        from .._parallel._sweep import grid_points
 
-        base = self._defaults()
-        if cfg is not None:
-            base = _config.merge_layer(base, _as_layer(cfg), source="the cfg argument")
         points = grid_points(grid)
-        return sweep_stage(self, base, points, backend=backend, jobs=jobs, slurm=dict(slurm or {}))
+        chosen = make_backend(backend, jobs=jobs, slurm=slurm)
+        done = self._sweep(points, chosen, base=self._build(cfg, {}))
+        return list(done.jobs) if done.jobs else list(done.runs)
 
+    def _sweep(
+        self, points: list[dict[str, Any]], backend: Backend, *, base: DictConfig, src: bool = True
+    ) -> Sweep:
+        """One run of this stage per point (``Stage.sweep``, ``--sweep``)."""
+        from .._parallel._sweep import SweepFailed, sweep_stage
 
-@dataclasses.dataclass
-class Outcome:
-    """What a run's body did: its result, the locals to hand back, its exception.
-
-    ``detached``: the work goes on elsewhere (Slurm jobs) and whoever ends it writes the final
-    run.lock, so the run stays ``running`` here.
-    """
-
-    result: Any = None
-    locals: dict[str, Any] | None = None
-    error: BaseException | None = None
-    detached: bool = False
-
-
-Body = Callable[[ActiveRun], Outcome]
-
-
-def _call_fn(active: ActiveRun) -> Outcome:
-    result, local_vars, exc = call_capturing(active.stage.fn, active.config)
-    return Outcome(result, local_vars, exc)
-
-
-def _plan(stage: Stage[Any], cfg: DictConfig, settings: Settings, started: Any) -> RunPlan:
-    """Check the config resolves (errors before any directory exists)."""
-    probe = copy.deepcopy(cfg)
-    with _config.now_at(started):
-        _config.resolve(probe)
-    if not isinstance(probe.get("save_dir"), str) or not probe.save_dir:
-        msg = f"config key 'save_dir' must be a non-empty path, got {probe.get('save_dir')!r}"
-        raise ConfigError(msg)
-    return RunPlan(stage=stage, config=probe, settings=settings, started=started)
-
-
-def _begin_tracking(stage: Stage[Any], active: ActiveRun) -> Any:
-    """Start the MLflow sync of a run when tracking is on (mlflow is imported later, lazily)."""
-    if not active.settings.tracking and "XPKIT_TRACKING" not in os.environ:
-        return None
-    try:
-        from .._tracking._mlflow_live import begin_run
-
-        return begin_run(stage, active.run, active.settings)
-    except Exception as e:
-        active.logger.warning("MLflow tracking disabled for this run: %s: %s", type(e).__name__, e)
-        return None
-
-
-def _entry(stage: Stage[Any], settings: Settings) -> dict[str, str]:
-    """Where the stage is defined (module, attribute, file), for ``xp log`` to import it."""
-    fn = stage.fn
-    module_name = getattr(fn, "__module__", None) or ""
-    module = sys.modules.get(module_name)
-    name = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", ""))
-    for attr, value in vars(module).items() if module is not None else ():
-        if isinstance(value, Stage) and value.fn is fn:
-            name = attr
-            break
-    code = getattr(fn, "__code__", None)
-    file = getattr(module, "__file__", None) or getattr(code, "co_filename", None)
-    return {
-        "module": module_name,
-        "qualname": name,
-        "file": settings.relative(file) if file else "",
-    }
-
-
-def _start(
-    plan: RunPlan,
-    run_dir: Path,
-    recorders: list[Recorder],
-    argv: typing.Sequence[str] | None,
-    *,
-    run_id: str,
-    extra: Mapping[str, Any],
-) -> ActiveRun:
-    paths = RunPaths(run_dir)
-    config = _config.to_plain(plan.config)
-    atomic_write_text(paths.config, dump_yaml(config))
-    lock = RunLock(
-        id=run_id,
-        stage=plan.stage.name,
-        dir=plan.settings.relative(run_dir),
-        started=plan.started.isoformat(),
-        pid=os.getpid(),
-        host=hostname(),
-        argv=tuple(sys.argv if argv is None else argv),
-        config=config,
-        extra={**dict(extra), "entry": _entry(plan.stage, plan.settings)},
-    )
-    logger = make_logger(plan.stage.name, lock.id)
-    active = ActiveRun(plan=plan, run=Run(run_dir), lock=lock, recorders=recorders, logger=logger)
-    active.update_lock()
-    _point_latest(run_dir, plan.settings)
-    return active
-
-
-def _body(active: ActiveRun, recorders: list[Recorder], body: Body, *, fds: bool) -> Any:
-    log = LogFile(active.paths.log)
-    try:
-        with active, capture_output(log, fds=fds), _sigterm_interrupts():
-            active.logger.info("run %s started in %s", active.id, active.lock.dir)
-            for recorder in recorders:
-                _guarded(active, f"start recording {recorder.key}", recorder.start, active)
-            outcome = _guarded_body(body, active)
-            _finish(active, recorders, outcome, log)
-    finally:
-        log.close()
-        active.close()
-        drop_logger(active.logger)
-    run = active.run.reload()  # the body may have read run.lock while it said "running"
-    exc = outcome.error
-    run.locals, run.result, run.error = outcome.locals, outcome.result, exc
-    if exc is not None:
-        raise exc.with_traceback(_user_traceback(exc))
-    return outcome.result
-
-
-def _guarded_body(body: Body, active: ActiveRun) -> Outcome:
-    """Call ``body``; an exception escaping it (an xpkit bug, Ctrl-C) becomes the outcome."""
-    try:
-        return body(active)
-    except BaseException as e:
-        return Outcome(error=e)
-
-
-def _finish(active: ActiveRun, recorders: list[Recorder], outcome: Outcome, log: LogFile) -> None:
-    status, error = _outcome(outcome.error)
-    if error is not None:
-        reason = f"{error['type']}: {error['message']}" if error["message"] else error["type"]
-        active.logger.error("run %s %s: %s", active.id, status, reason)
-        log.write(error["traceback"])
-    sections: dict[str, Any] = {}
-    for recorder in recorders:
-        value = _guarded(active, f"record {recorder.key}", recorder.finish, active)
-        if value is not None:
-            sections[recorder.key] = value
-    if active.children:
-        sections["upstream"] = {**sections.get("upstream", {}), **active.children}
-    ended = now()
-    known = {f.name for f in dataclasses.fields(RunLock)}
-    extra = {k: v for k, v in sections.items() if k not in known}
-    if outcome.detached:  # the last worker ends the run
-        active.update_lock(
-            extra={**active.lock.extra, **extra},
-            **{k: v for k, v in sections.items() if k in known},
-        )
-        return
-    lock = active.update_lock(
-        status=status,
-        ended=ended.isoformat(),
-        duration_s=round((ended - active.started).total_seconds(), 3),
-        error=error,
-        metrics=dict(active.last_metrics) or None,
-        extra={**active.lock.extra, **extra},
-        **{k: v for k, v in sections.items() if k in known},
-    )
-    if status == "completed":
-        active.logger.info("run %s completed in %.2f s", active.id, lock.duration_s or 0.0)
-    if active.parent is not None:
-        active.parent.children[lock.dir] = lock.to_dict()
-
-
-def _guarded(active: ActiveRun, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a recorder phase; its failure is a warning, never the run's outcome."""
-    try:
-        return fn(*args)
-    except Exception as e:
-        active.logger.warning("could not %s: %s: %s", what, type(e).__name__, e)
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
-def _outcome(exc: BaseException | None) -> tuple[str, dict[str, str] | None]:
-    if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
-        return "completed", None
-    import traceback
-
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    error = {
-        "type": _qualified_type(exc),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, _user_traceback(exc))),
-    }
-    return status, error
-
-
-def _qualified_type(exc: BaseException) -> str:
-    cls = type(exc)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-def _user_traceback(exc: BaseException) -> types.TracebackType | None:
-    """The traceback without xpkit's own frames (the run machinery, the SIGTERM handler)."""
-    kept: list[types.TracebackType] = []
-    tb = exc.__traceback__
-    while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            kept.append(tb)
-        tb = tb.tb_next
-    if not kept:
-        return exc.__traceback__
-    if all(a.tb_next is b for a, b in zip(kept, [*kept[1:], None], strict=True)):
-        return kept[0]  # only leading frames were dropped: the chain is reused as it is
-    out = None
-    for kept_tb in reversed(kept):
-        out = types.TracebackType(out, kept_tb.tb_frame, kept_tb.tb_lasti, kept_tb.tb_lineno)
-    return out
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Interrupted` so that the run ends ``interrupted``."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("terminated by SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _create_run_dir(path: Path) -> Path:
-    """Create ``path`` atomically, or ``path-1``, ``path-2``... when it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = path, 0
-    while True:
+        configs = [_apply_kwargs(base, point) for point in points]
         try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = path.with_name(f"{path.name}-{n}")
-
-
-def _point_latest(run_dir: Path, settings: Settings) -> None:
-    """Point ``<stage dir>/latest`` at ``run_dir`` (atomically) for runs under the results dir."""
-    results = settings.results_path.resolve()
-    if results not in run_dir.resolve().parents:
-        return
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}.{run_dir.name}"
-    with contextlib.suppress(OSError):
-        os.symlink(run_dir.name, tmp)
-        os.replace(tmp, link)
-    with contextlib.suppress(OSError):
-        tmp.unlink()
+            done = sweep_stage(self, configs, points, backend, src=src, hooks=(TRACKING,))
+        except SweepFailed as e:
+            if e.sweep.last is not None:
+                self._remember(e.sweep.last)
+            raise
+        if done.last is not None:
+            self._remember(done.last)
+        return done
 
 
 def _names(what: str, keys: typing.Iterable[str]) -> tuple[str, ...]:

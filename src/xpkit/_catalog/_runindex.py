@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from .._core._lock import RunLock, load_lock, load_yaml
+from .._core._lock import RunLock, load_lock
 from .._core._paths import atomic_write_text
+from .._core._yaml import load_yaml
 from ..errors import LockError, LockVersionError
 
 __all__ = ["HEAD_KEYS", "RunIndex", "read_head"]

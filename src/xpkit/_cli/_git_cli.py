@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 
 from .._catalog._runs import resolve_run
-from .._core._lock import load_yaml
 from .._core._paths import RunPaths
 from .._core._settings import find_project_root
+from .._core._yaml import load_yaml
 from .._record._git import checkout
 from ..errors import LockError
 

@@ -12,6 +12,7 @@ from .._core._lock import RunLock
 from .._core._paths import RunPaths
 from .._core._progress import duration_text
 from .._parallel import _tasks
+from .._parallel._jobs import job_states, unfinished
 
 __all__ = ["main"]
 
@@ -51,23 +52,17 @@ def main(argv: list[str]) -> int:
 
 def _job_states(lock: RunLock) -> dict[str, str]:
     jobs = (lock.tasks or {}).get("jobs")
-    if not jobs:
-        return {}
-    from .._parallel._slurm import job_states
-
-    return job_states([str(j) for j in jobs])
+    return job_states([str(j) for j in jobs]) if jobs else {}
 
 
 def _end_if_abandoned(
     paths: RunPaths, lock: RunLock, state: _tasks.TaskState, states: dict[str, str]
 ) -> None:
     """End a run nobody else will end: its Slurm jobs are gone, or its process is dead."""
-    if (lock.tasks or {}).get("backend") != "slurm":
+    if not (lock.tasks or {}).get("jobs"):
         if process_alive(lock) is False:
             _tasks.finalize(paths, state, force=True)
         return
-    from .._parallel._slurm import unfinished
-
     if state.left == 0:
         _tasks.try_finalize(paths, wait_submitted_s=60)
     elif states and not unfinished(states):

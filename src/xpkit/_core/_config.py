@@ -22,11 +22,11 @@ from contextvars import ContextVar
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf import errors as oc_errors
 
 from ..errors import ConfigError
-from ._lock import load_yaml
+from ._yaml import load_yaml, yaml_error_where
 
 __all__ = [
     "FieldInfo",
@@ -40,6 +40,7 @@ __all__ = [
     "resolve",
     "select_experiment",
     "to_plain",
+    "update",
 ]
 
 _now: ContextVar[dt.datetime | None] = ContextVar("xpkit_now", default=None)
@@ -65,6 +66,15 @@ def now_at(when: dt.datetime) -> Iterator[None]:
         yield
     finally:
         _now.reset(token)
+
+
+def update(cfg: DictConfig, key: str, value: Any, *, force: bool = False) -> None:
+    """Set the dotted ``key`` of ``cfg`` to ``value`` (a new key too when ``force``)."""
+    if force:
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, value, merge=False)
+    else:
+        OmegaConf.update(cfg, key, value, merge=False)
 
 
 def merge_layer(cfg: DictConfig, layer: Any, *, source: str) -> DictConfig:
@@ -122,17 +132,6 @@ def load_config_file(path: str | os.PathLike[str]) -> DictConfig:
         msg = f"config file {p} must hold a mapping of keys, got {type(data).__name__}"
         raise ConfigError(msg)
     return OmegaConf.create(data)
-
-
-def yaml_error_where(e: yaml.YAMLError) -> str:
-    """`` line L column C: problem (while parsing X started at line L)`` of a YAML error."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
-    if context and start is not None and (mark is None or start.line != mark.line):
-        problem += f" ({context} started at line {start.line + 1})"
-    return f"{where}: {problem}"
 
 
 def select_experiment(file_cfg: DictConfig, name: str, *, source: str) -> DictConfig:

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import LockError, LockVersionError
 from ._paths import atomic_write_text
+from ._yaml import YAMLError, dump_yaml, load_yaml, yaml_error_where
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -29,20 +28,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "completed", "failed", "interrupted")
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
-    """Safe dumper writing multi-line strings (tracebacks) as literal blocks."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
 
 
 @dataclass(frozen=True)
@@ -163,22 +148,6 @@ def now() -> dt.datetime:
     return dt.datetime.now().astimezone()
 
 
-def dump_yaml(data: Any) -> str:
-    """Dump ``data`` as block-style YAML keeping key order."""
-    return yaml.dump(
-        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
-    )
-
-
-def load_yaml(text: str | bytes) -> Any:
-    """Parse YAML text safely (the C loader when PyYAML has it).
-
-    Raises:
-        yaml.YAMLError: the text is not valid YAML.
-    """
-    return yaml.load(text, Loader=_Loader)
-
-
 def write_lock(path: Path, lock: RunLock) -> None:
     """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``)."""
     atomic_write_text(path, dump_yaml(lock.to_dict()))
@@ -201,9 +170,7 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
         raise LockError(msg) from None
     try:
         data = load_yaml(text)
-    except yaml.YAMLError as e:
-        from ._config import yaml_error_where
-
+    except YAMLError as e:
         msg = f"invalid YAML in run.lock {p}{yaml_error_where(e)}"
         raise LockError(msg) from None
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "display_path",
+    "point_latest",
 ]
 
 
@@ -148,3 +149,14 @@ def display_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def point_latest(run_dir: Path) -> None:
+    """Point ``<stage dir>/latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident():x}.{run_dir.name}"
+    with contextlib.suppress(OSError):
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    with contextlib.suppress(OSError):
+        tmp.unlink()

@@ -7,16 +7,15 @@ context variable.
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .._core._lock import RunLock, write_lock
 from .._core._paths import RunPaths
@@ -27,14 +26,12 @@ if TYPE_CHECKING:
 
     from omegaconf import DictConfig
 
-    from .._api._stage import Stage
     from .._catalog._run import Run
     from .._core._settings import Settings
-    from .._record._recorders import Recorder
+    from .._record._plan import Recorder, RunPlan, StageInfo
 
 __all__ = [
     "ActiveRun",
-    "RunPlan",
     "active_run",
     "current",
     "get_logger",
@@ -46,18 +43,13 @@ __all__ = [
 _active: ContextVar[ActiveRun | None] = ContextVar("xpkit_active_run", default=None)
 
 
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will be, before its directory exists (given to ``Recorder.prepare``)."""
-
-    stage: Stage[Any]
-    config: DictConfig
-    settings: Settings
-    started: dt.datetime
-
-
 class ActiveRun:
-    """The bookkeeping of one run while it executes."""
+    """The bookkeeping of one run while it executes: what ``xp.current()``, the stage's
+    body and the recorders see.
+
+    The process that owns the run (``owner``) writes its run.lock; a map's task running in
+    a worker process sees the map's run but leaves its run.lock to the owner.
+    """
 
     def __init__(
         self,
@@ -67,24 +59,40 @@ class ActiveRun:
         lock: RunLock,
         recorders: list[Recorder],
         logger: logging.Logger,
+        owner: bool = True,
     ) -> None:
-        self.stage = plan.stage
-        self.config = plan.config
-        self.settings = plan.settings
-        self.started = plan.started
+        self.plan = plan
         self.run = run
-        self.id = lock.id
         self.paths: RunPaths = run.paths
         self.logger = logger
         self.parent: ActiveRun | None = _active.get()
-        self.children: dict[str, Mapping[str, Any]] = {}
+        self.last_metrics: dict[str, Any] = {}
+        self._owner = owner
         self._recorders = {r.key: r for r in recorders}
         self._lock = lock
         self._lock_mutex = threading.Lock()
-        self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._metrics_file: IO[str] | None = None
         self._metrics_mutex = threading.Lock()
-        self.last_metrics: dict[str, Any] = {}
-        self._metric_steps: dict[str, int] = {}
+
+    @property
+    def id(self) -> str:
+        """The run id."""
+        return self._lock.id
+
+    @property
+    def stage(self) -> StageInfo:
+        """The stage being run."""
+        return self.plan.stage
+
+    @property
+    def config(self) -> DictConfig:
+        """The run's resolved config."""
+        return self.plan.config
+
+    @property
+    def settings(self) -> Settings:
+        """The project's settings."""
+        return self.plan.settings
 
     @property
     def lock(self) -> RunLock:
@@ -100,15 +108,30 @@ class ActiveRun:
         try:
             return self._recorders[key]
         except KeyError:
-            msg = f"no {key!r} recorder in this run (active: {', '.join(self._recorders)})"
+            active = ", ".join(self._recorders) or "none"
+            msg = f"no {key!r} recorder in this run (active: {active})"
             raise NotInRunError(msg) from None
 
     def update_lock(self, **changes: Any) -> RunLock:
-        """Apply ``changes`` to run.lock and write it atomically."""
+        """Apply ``changes`` to run.lock and write it atomically (owner only)."""
+        return self.rewrite_lock(lambda lock: lock.replace(**changes))
+
+    def rewrite_lock(self, change: Callable[[RunLock], RunLock]) -> RunLock:
+        """Replace run.lock by ``change(run.lock)`` and write it atomically (owner only)."""
         with self._lock_mutex:
-            self._lock = self._lock.replace(**changes)
-            write_lock(self.paths.lock, self._lock)
+            self._lock = change(self._lock)
+            if self._owner:
+                write_lock(self.paths.lock, self._lock)
             return self._lock
+
+    def publish(self, key: str, value: Any) -> None:
+        """Write the section ``key`` of run.lock now (a recorder's result known early)."""
+        if key in _LOCK_FIELDS:
+            self.update_lock(**{key: value})
+        else:
+            with self._lock_mutex:
+                extra = {**self._lock.extra, key: value}
+            self.update_lock(extra=extra)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Append one record to metrics.jsonl (flushed, no fsync) and keep last values."""
@@ -117,6 +140,8 @@ class ActiveRun:
 
         line = json.dumps({"time": time.time(), "step": step, "metrics": values})
         with self._metrics_mutex:
+            if self._metrics_file is None:
+                self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
             self._metrics_file.write(line + "\n")
             self._metrics_file.flush()
             self.last_metrics.update(values)
@@ -124,7 +149,9 @@ class ActiveRun:
     def close(self) -> None:
         """Release the run's open files."""
         with self._metrics_mutex:
-            self._metrics_file.close()
+            if self._metrics_file is not None:
+                self._metrics_file.close()
+                self._metrics_file = None
 
     def __enter__(self) -> ActiveRun:
         self._token = _active.set(self)
@@ -132,6 +159,9 @@ class ActiveRun:
 
     def __exit__(self, *exc: object) -> None:
         _active.reset(self._token)
+
+
+_LOCK_FIELDS = frozenset(f.name for f in dataclasses.fields(RunLock)) - {"extra"}
 
 
 def _number(value: Any) -> Any:

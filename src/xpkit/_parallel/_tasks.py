@@ -21,14 +21,11 @@ re-opening a file that does not end with a newline starts a fresh line first.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import json
 import os
 import pickle
 import time
-import traceback
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +38,8 @@ from omegaconf import errors as oc_errors
 from .._core import _config
 from .._core._env import hostname
 from .._core._lock import load_lock, now, write_lock
-from .._core._paths import PACKAGE_DIR, RunPaths, atomic_write_text
+from .._core._paths import RunPaths, atomic_write_text
+from .._execute._ending import end_lock
 from ..errors import ConfigError, LockError, TaskError
 
 __all__ = [
@@ -50,14 +48,15 @@ __all__ = [
     "TaskConfigs",
     "TaskState",
     "TodoList",
-    "error_record",
     "finalize",
+    "job_name",
     "last_metrics",
     "local_worker_id",
     "read_todo",
     "scan_done",
     "task_config",
     "try_finalize",
+    "worker_id",
     "write_todo",
 ]
 
@@ -140,6 +139,26 @@ def local_worker_id() -> str:
     return f"{hostname().split('.')[0]}-{os.getpid()}"
 
 
+def job_name() -> str:
+    """``<jobid>_<arrayindex>`` (``.r<n>`` after the n-th requeue) or ``<jobid>`` inside a
+    Slurm job; this process's ``<host>-<pid>`` elsewhere."""
+    env = os.environ
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    name = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
+    if not name:
+        return local_worker_id()
+    restarts = env.get("SLURM_RESTART_COUNT", "0")
+    return f"{name}.r{restarts}" if restarts not in ("", "0") else name
+
+
+def worker_id() -> str:
+    """The name of this process's record file: ``<host>-<pid>``, after the Slurm job's name
+    (``<job>-<host>-<pid>``) inside a job, where several processes share a job."""
+    local = local_worker_id()
+    job = job_name()
+    return local if job == local else f"{job}-{local}"
+
+
 class DoneLog:
     """The append-only record file of one worker (one process)."""
 
@@ -186,25 +205,6 @@ def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def error_record(exc: BaseException) -> dict[str, str]:
-    """``{type, message, traceback}`` of a task's exception."""
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
-    return {
-        "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(cls, exc, _user_frames(exc))),
-    }
-
-
-def _user_frames(exc: BaseException) -> types.TracebackType | None:
-    """The traceback without xpkit's own frames on top."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIR):
-        tb = tb.tb_next
-    return tb or exc.__traceback__
 
 
 @dataclass
@@ -442,39 +442,28 @@ def _claim_marker(path: Path) -> bool:
 
 
 def finalize(paths: RunPaths, state: TaskState, *, force: bool = False) -> None:
-    """Write the final run.lock of a mapped run from its records (status, tasks, metrics).
+    """End a mapped run from its records, on behalf of its owner: status, tasks, metrics.
 
     With ``force`` (the jobs are gone) the run ends even when tasks never ran: ``interrupted``.
     """
     if force and not _claim_marker(paths.finalized):
         return
     lock = load_lock(paths.lock)
-    ended = now()
-    error = None
-    status = "completed"
+    status, error = "completed", None
     if state.failed or state.left:
         status = "failed" if state.failed else "interrupted"
-        error = {"type": "xpkit.errors.TaskError", "message": summary(state), "traceback": ""}
-    try:
-        started = dt.datetime.fromisoformat(lock.started)
-        duration_s: float | None = round((ended - started).total_seconds(), 3)
-    except ValueError:
-        duration_s = None
-    metrics = last_metrics(paths)
-    write_lock(
-        paths.lock,
-        lock.replace(
-            status=status,
-            ended=ended.isoformat(),
-            duration_s=duration_s,
-            error=error,
-            metrics=metrics or lock.metrics,
-            tasks={**(lock.tasks or {}), **state.counts()},
-        ),
+        error = {"type": "xpkit.errors.TasksFailed", "message": summary(state), "traceback": ""}
+    ended = end_lock(
+        lock,
+        status=status,
+        error=error,
+        metrics={**(lock.metrics or {}), **last_metrics(paths)},
+        tasks={**(lock.tasks or {}), **state.counts()},
     )
+    write_lock(paths.lock, ended)
     line = f"run {lock.id} {status}: {state.done} of {state.total} tasks done"
     with contextlib.suppress(OSError), open(paths.log, "ab") as f:
-        f.write(f"{ended:%H:%M:%S} INFO [{lock.stage}] {line}\n".encode())
+        f.write(f"{now():%H:%M:%S} INFO [{lock.stage}] {line}\n".encode())
 
 
 def load_map_lock(paths: RunPaths) -> Any:

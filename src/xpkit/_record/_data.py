@@ -12,13 +12,14 @@ import gzip
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from .._core._lock import load_yaml
 from .._core._paths import RunPaths, atomic_write_bytes
+from .._core._yaml import load_yaml
 from ..errors import DataError
 from ._hashing import PREFIX, HashRecord, cache_path_of, hash_one, jobs_of
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from .._core._settings import Settings
-    from .._execute._context import ActiveRun, RunPlan
+    from ._plan import RecordingRun, RunPlan
 
 __all__ = ["DataRecorder", "diff_manifests", "load_manifest", "manifest_path"]
 
@@ -40,8 +41,9 @@ class DataRecorder:
     """``data``: the hash of every data path of the stage, and of ``xp.track_data`` paths.
 
     Hashing starts with the run, in one background thread, and never delays the body;
-    ``finish`` waits for it. A path that cannot be hashed is recorded with ``hash: None``
-    and an ``error`` message, and logged as an error.
+    run.lock gets each entry as soon as its hash is known, and ``finish`` waits for the
+    rest. A path that cannot be hashed is recorded with ``hash: None`` and an ``error``
+    message, and logged as an error.
     """
 
     key = "data"
@@ -49,7 +51,10 @@ class DataRecorder:
     def __init__(self) -> None:
         self._paths: dict[str, str] = {}
         self._futures: dict[str, Future[HashRecord]] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._entries_mutex = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._run: RecordingRun | None = None
         self._settings: Settings | None = None
         self._log = logging.getLogger("xpkit.hashing")
 
@@ -75,11 +80,12 @@ class DataRecorder:
                 raise DataError(msg)
             self._paths[key] = os.path.abspath(value)  # as the body's open() would see it
 
-    def start(self, run: ActiveRun) -> None:
+    def start(self, run: RecordingRun) -> None:
         """Start hashing every data path in a background thread."""
         from concurrent.futures import ThreadPoolExecutor
 
-        self._settings = run.settings
+        self._run = run
+        self._settings = run.plan.settings
         self._log = run.logger
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpkit-data")
         for name, path in self._paths.items():
@@ -101,19 +107,20 @@ class DataRecorder:
         if self._pool is not None:
             self._submit(name, path)
 
-    def finish(self, run: ActiveRun) -> dict[str, Any]:
-        """Wait for the hashes; write the manifests; say what changed since the last run."""
-        section: dict[str, Any] = {}
-        for name, future in self._futures.items():
-            section[name] = self._entry(run, name, future)
+    def finish(self, run: RecordingRun) -> dict[str, Any]:
+        """Wait for the hashes; say what changed since the last run."""
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown()  # every hash done, and published
+        section = {name: self._entries[name] for name in self._futures}
         _report_changes(run, section)
         return section
 
     def _submit(self, name: str, path: str) -> None:
         assert self._pool is not None
-        self._futures[name] = self._pool.submit(self._hash, path)
+        future = self._pool.submit(self._hash, path)
+        with self._entries_mutex:
+            self._futures[name] = future
+        future.add_done_callback(lambda f: self._publish(name, f))
 
     def _hash(self, path: str) -> HashRecord:
         settings = self._settings
@@ -128,17 +135,33 @@ class DataRecorder:
             log=self._log,
         )
 
-    def _entry(self, run: ActiveRun, name: str, future: Future[HashRecord]) -> dict[str, Any]:
-        """The run.lock entry of one path; its manifest written to the run directory."""
-        relative = run.settings.relative(self._paths[name])
-        try:
-            record = future.result()
-        except (OSError, ValueError) as e:
-            run.logger.error("could not hash data %r: %s", name, e)
-            return {"path": relative, "hash": None, "files": None, "bytes": None, "error": str(e)}
+    def _publish(self, name: str, future: Future[HashRecord]) -> None:
+        """Record one hash as soon as it is known: run.lock holds it even if the run dies."""
+        run = self._run
+        assert run is not None
+        entry = _entry(run, name, self._paths[name], future)
+        with self._entries_mutex:
+            if self._futures.get(name) is not future:
+                return  # tracked again since: the newer hash wins
+            self._entries[name] = entry
+            done = {k: self._entries[k] for k in self._futures if k in self._entries}
+            try:
+                run.publish(self.key, done)
+            except OSError as e:  # the final run.lock still gets it
+                run.logger.warning("could not record data %r in run.lock yet: %s", name, e)
+
+
+def _entry(run: RecordingRun, name: str, path: str, future: Future[HashRecord]) -> dict[str, Any]:
+    """The run.lock entry of one path; its manifest written to the run directory."""
+    relative = run.plan.settings.relative(path)
+    try:
+        record = future.result()
         if record.manifest is not None:
             write_manifest(run.paths, name, record.manifest)
-        return {**record.to_lock(), "path": relative}
+    except (OSError, ValueError) as e:
+        run.logger.error("could not hash data %r: %s", name, e)
+        return {"path": relative, "hash": None, "files": None, "bytes": None, "error": str(e)}
+    return {**record.to_lock(), "path": relative}
 
 
 def manifest_path(run_paths: RunPaths, name: str) -> Path:
@@ -199,7 +222,7 @@ def _unescape(text: str) -> str:
     return _UNESCAPE.sub(lambda m: {"t": "\t", "n": "\n"}.get(m[1], m[1]), text)
 
 
-def _report_changes(run: ActiveRun, section: dict[str, Any]) -> None:
+def _report_changes(run: RecordingRun, section: dict[str, Any]) -> None:
     """Warn about each data whose hash differs from the previous run of the stage."""
     previous = _previous_run(run.paths.dir)
     if previous is None:
@@ -214,7 +237,7 @@ def _report_changes(run: ActiveRun, section: dict[str, Any]) -> None:
         )
 
 
-def _counts(before_dir: Path, run: ActiveRun, name: str) -> str:
+def _counts(before_dir: Path, run: RecordingRun, name: str) -> str:
     """``": 2 added, 0 removed, 1 modified"`` when both runs kept a manifest, else ``""``."""
     try:
         a = load_manifest(before_dir, name)

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 from .._catalog._run import Run
 from .._catalog._runindex import read_head
 from .._catalog._runs import resolve_run
-from .._core._lock import RunLock
 from .._core._paths import display_path
 from ..errors import LockError, RunNotFoundError, UpstreamError
 
 if TYPE_CHECKING:
     from .._core._settings import Settings
-    from .._execute._context import ActiveRun, RunPlan
+    from ._plan import RecordingRun, RunPlan
 
 __all__ = [
     "LineageNode",
@@ -40,13 +39,18 @@ _UNSET: Any = object()
 
 
 class UpstreamRecorder:
-    """``upstream``: the run.lock of every run this run consumed, keyed by config key or path."""
+    """``upstream``: the run.lock of every run this run consumed, keyed by config key or path.
+
+    Consumed are: the runs named by the stage's upstream config keys, the runs given to
+    ``xp.use_run``, and the runs of stages called inside this run's body.
+    """
 
     key = "upstream"
 
     def __init__(self) -> None:
         self._settings: Settings | None = None
-        self._consumed: dict[str, tuple[Run, RunLock]] = {}
+        self._run: RecordingRun | None = None
+        self._consumed: dict[str, Mapping[str, Any]] = {}
 
     def prepare(self, plan: RunPlan) -> dict[str, str]:
         """Resolve each upstream config key; raise :class:`UpstreamError` on a bad one.
@@ -66,13 +70,15 @@ class UpstreamRecorder:
                 )
                 raise UpstreamError(msg)
             run = consume(f"upstream {key}", value, settings=plan.settings)
-            self._consumed[key] = (run, run.lock)
+            self._consumed[key] = run.lock.to_dict()
             if not _names_dir(value, run.dir, plan.settings):
                 updates[key] = display_path(run.dir)
         return updates
 
-    def start(self, run: ActiveRun) -> None:
-        pass
+    def start(self, run: RecordingRun) -> None:
+        self._run = run
+        if self._consumed:
+            run.publish(self.key, dict(self._consumed))
 
     def use(self, name: str, path: str | os.PathLike[str]) -> Run:
         """Record the run at ``path`` as consumed (for ``xp.use_run``) and return it.
@@ -83,12 +89,18 @@ class UpstreamRecorder:
         settings = self._settings
         run = consume(f"xp.use_run({name!r})", path, settings=settings)
         key = settings.relative(run.dir) if settings is not None else str(run.dir)
-        self._consumed[key] = (run, run.lock)
+        self.add(key, run.lock.to_dict())
         return run
 
-    def finish(self, run: ActiveRun) -> Any:
+    def add(self, key: str, lock: Mapping[str, Any]) -> None:
+        """Record a consumed run's lock under ``key`` (a stage called inside the body)."""
+        self._consumed[key] = lock
+        if self._run is not None:
+            self._run.publish(self.key, dict(self._consumed))
+
+    def finish(self, run: RecordingRun) -> Any:
         """``{key_or_path: that run's whole run.lock}``, or None when nothing was consumed."""
-        return {key: lock.to_dict() for key, (_, lock) in self._consumed.items()} or None
+        return dict(self._consumed) or None
 
 
 def consume(what: str, spec: Any, *, settings: Settings | None = None) -> Run:

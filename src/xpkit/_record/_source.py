@@ -9,7 +9,6 @@ import contextlib
 import inspect
 import os
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from ..errors import GitError
 from ._git import Snapshot, StrPath, files_blobs, snapshot
 
 if TYPE_CHECKING:
-    from .._execute._context import ActiveRun, RunPlan
+    from ._plan import RecordingRun, RunPlan
 
 __all__ = ["SourceRecorder", "snapshot_section", "source_files"]
 
@@ -26,60 +25,71 @@ _ENV_DIRS = frozenset({"site-packages", "dist-packages", ".venv", "venv", ".tox"
 
 
 class SourceRecorder:
-    """``src``: the code snapshot of a run, taken in a thread as the run starts."""
+    """``src``: the code snapshot of a run, taken as the run starts, before its body."""
 
     key = "src"
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
         self._snap: Snapshot | None = None
+        self._files: tuple[list[StrPath], dict[str, str]] = ([], {})
 
     def prepare(self, plan: RunPlan) -> None:
         pass
 
-    def start(self, run: ActiveRun) -> None:
-        if not (run.stage.src and run.settings.src):
+    def start(self, run: RecordingRun) -> None:
+        """Snapshot the code before the body runs; run.lock gets the section at once."""
+        plan = run.plan
+        if not (plan.src and plan.settings.src):
             return
-        settings = run.settings
-        message = f"xpkit: {run.stage.name} {settings.relative(run.paths.dir)}"
+        self._snap = _take_snapshot(run)
+        run.publish(self.key, self._section(run))
 
-        def work() -> None:
-            try:
-                self._snap = snapshot(
-                    settings.root,
-                    message=message,
-                    branch=settings.branch,
-                    include=settings.include,
-                    exclude=settings.exclude,
-                    max_file_mb=settings.max_file_mb,
-                    results_dir=settings.results_dir,
-                    logger=run.logger,
-                )
-            except Exception as e:  # a bug in the snapshot must not fail the run
-                run.logger.warning("code snapshot failed: %r", e)
-                self._snap = Snapshot(commit=None, error=repr(e))
+    def finish(self, run: RecordingRun) -> Any:
+        """The section again: project modules the body imported count as its files."""
+        return None if self._snap is None else self._section(run)
 
-        self._thread = threading.Thread(target=work, name="xpkit-src", daemon=True)
-        self._thread.start()
-
-    def finish(self, run: ActiveRun) -> Any:
-        if self._thread is None:
-            return None
-        self._thread.join()
-        snap = self._snap or Snapshot(commit=None, error="the snapshot did not run")
-        files = _run_files(run, snap.commit) if snap.commit else {}
-        return snapshot_section(snap, files)
+    def _section(self, run: RecordingRun) -> dict[str, Any]:
+        assert self._snap is not None
+        if self._snap.commit:
+            paths = _run_paths(run)
+            if paths != self._files[0]:  # at the end: only when the body imported more
+                self._files = (paths, _blobs(run, self._snap.commit, paths))
+        return snapshot_section(self._snap, self._files[1])
 
 
-def _run_files(run: ActiveRun, commit: str) -> dict[str, str]:
-    settings = run.settings
+def _take_snapshot(run: RecordingRun) -> Snapshot:
+    settings = run.plan.settings
+    message = f"xpkit: {run.plan.stage.name} {settings.relative(run.paths.dir)}"
+    try:
+        return snapshot(
+            settings.root,
+            message=message,
+            branch=settings.branch,
+            include=settings.include,
+            exclude=settings.exclude,
+            max_file_mb=settings.max_file_mb,
+            results_dir=settings.results_dir,
+            logger=run.logger,
+        )
+    except Exception as e:  # a bug in the snapshot must not fail the run
+        run.logger.warning("code snapshot failed: %r", e)
+        return Snapshot(commit=None, error=repr(e))
+
+
+def _run_paths(run: RecordingRun) -> list[StrPath]:
+    """The project modules imported so far, and the stage's own file."""
+    settings = run.plan.settings
     paths: list[StrPath] = list(source_files(settings.root, results_dir=settings.results_dir))
     with contextlib.suppress(TypeError, OSError):  # builtins, notebooks: no source file
-        stage_file = inspect.getsourcefile(run.stage.fn)
+        stage_file = inspect.getsourcefile(run.plan.stage.fn)
         if stage_file is not None:
             paths.append(stage_file)
+    return paths
+
+
+def _blobs(run: RecordingRun, commit: str, paths: list[StrPath]) -> dict[str, str]:
     try:
-        return files_blobs(settings.root, commit, paths)
+        return files_blobs(run.plan.settings.root, commit, paths)
     except GitError as e:
         run.logger.warning("code snapshot: cannot list source blobs: %s", e)
         return {}

@@ -42,9 +42,10 @@ import yaml
 
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run, resolve_runs
-from .._core._lock import RunLock, load_lock, load_yaml
+from .._core._lock import RunLock, load_lock
 from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
+from .._core._yaml import load_yaml
 from ..errors import (
     AmbiguousRunError,
     DataError,

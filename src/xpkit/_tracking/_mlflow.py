@@ -62,7 +62,6 @@ from .._catalog._run import Run
 from .._core._config import flatten
 from .._core._lock import RunLock
 from .._core._paths import RunPaths, atomic_write_text
-from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
 from ..errors import missing_extra
 
@@ -74,7 +73,6 @@ __all__ = [
     "params_of",
     "project_lock",
     "sync_run",
-    "sync_runs",
     "tags_of",
     "tracking_enabled",
     "tracking_uri",
@@ -699,30 +697,3 @@ def sync_run(
         >>> run_id = xp.sync_run("results/train/latest")  # doctest: +SKIP
     """
     return Syncer(client=client).sync(run, loggers=loggers).mlflow_id
-
-
-def sync_runs(
-    runs: Iterable[Run | str | os.PathLike[str]],
-    *,
-    client: Any = None,
-    loggers: Sequence[Callable[..., Any]] = (),
-    progress: bool | None = None,
-) -> list[str]:
-    """Sync many run directories (a progress bar on a terminal); return their MLflow run ids.
-
-    Args:
-        runs: ``Run`` objects or run directories.
-        client: an ``mlflow.MlflowClient`` (default: one on the project's tracking store).
-        loggers: functions ``fn(run, mlflow)`` called for every run.
-        progress: show a progress bar (default: when stderr is a terminal).
-    """
-    syncer = Syncer(client=client)
-    items = [r if isinstance(r, Run) else Run(r) for r in runs]
-    syncer.prefetch({r.stage for r in items})
-    ids = []
-    shown = progress if progress is not None else (None if len(items) > 1 else False)
-    with ProgressBar("syncing runs to MLflow", total=len(items), enabled=shown) as bar:
-        for run in items:
-            ids.append(syncer.sync(run, loggers=loggers).mlflow_id)
-            bar.advance()
-    return ids

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._catalog._run import Run
 from .._core._paths import PACKAGE_DIR, RunPaths
@@ -41,7 +41,7 @@ from .._core._settings import Settings
 from ._mlflow import Syncer, reported, tracking_enabled, tracking_uri
 
 if TYPE_CHECKING:
-    from .._api._stage import Stage
+    from collections.abc import Callable, Sequence
 
 __all__ = ["EXIT_WAIT_S", "LIVE_DELAY_S", "LIVE_INTERVAL_S", "begin_run"]
 
@@ -52,19 +52,24 @@ EXIT_WAIT_S = 60.0
 _log = logging.getLogger("xpkit.mlflow")
 
 
-def begin_run(stage: Stage[Any], run: Run, settings: Settings) -> _RunTracking | None:
-    """Start tracking a run that just started (called by the stage); None when off."""
+def begin_run(
+    loggers: Sequence[Callable[..., None]], run: Run, settings: Settings
+) -> _RunTracking | None:
+    """Start tracking a run that just started; None when off.
+
+    ``loggers`` are the stage's logging functions, called after the final sync.
+    """
     if not tracking_enabled(settings):
         return None
     _tracker().watch(run.dir, settings)
-    return _RunTracking(stage, run, settings)
+    return _RunTracking(list(loggers), run, settings)
 
 
 class _RunTracking:
     """The MLflow side of one stage run: live sync while it runs, final sync at its end."""
 
-    def __init__(self, stage: Stage[Any], run: Run, settings: Settings) -> None:
-        self.stage, self.run, self.settings = stage, run, settings
+    def __init__(self, loggers: list[Callable[..., None]], run: Run, settings: Settings) -> None:
+        self.loggers, self.run, self.settings = loggers, run, settings
 
     def end(self) -> None:
         """Final sync (and the stage's loggers); any failure is a warning."""
@@ -77,13 +82,13 @@ class _RunTracking:
     def _end(self) -> None:
         tracker = _tracker()
         tracker.unwatch(self.run.dir)
-        if self.stage.loggers:
+        if self.loggers:
             if "mlflow" not in sys.modules:  # seconds of silence otherwise, after "completed"
-                names = ", ".join(getattr(fn, "__name__", "?") for fn in self.stage.loggers)
+                names = ", ".join(getattr(fn, "__name__", "?") for fn in self.loggers)
                 print(
                     f"[xpkit] MLflow: syncing the run, then its loggers ({names})", file=sys.stderr
                 )
-            tracker.syncer(self.settings).sync(self.run, loggers=list(self.stage.loggers))
+            tracker.syncer(self.settings).sync(self.run, loggers=self.loggers)
         elif "mlflow" in sys.modules or not _spawn_sync(self.run.dir, self.settings):
             tracker.finish(self.run.dir, self.settings)
 
