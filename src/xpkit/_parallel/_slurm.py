@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._core._paths import PACKAGE_DIR
 from ..errors import ConfigError, missing_extra
 from ._backends import OnDone, Submitted, Work, available_cpus, chunks
 from ._joblib import JoblibBackend
@@ -196,9 +197,7 @@ def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -
 
 def _pythonpath_line() -> str:
     """Jobs import THIS xpkit and the script's modules, whatever else is installed there."""
-    import xpkit
-
-    dirs = [str(Path(xpkit.__file__).resolve().parents[1])]
+    dirs = [os.path.dirname(PACKAGE_DIR)]
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is not None and script.is_file():
         dirs.append(str(script.resolve().parent))
