@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -149,8 +150,39 @@ def now() -> dt.datetime:
 
 
 def write_lock(path: Path, lock: RunLock) -> None:
-    """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    atomic_write_text(path, dump_yaml(lock.to_dict()))
+    """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``).
+
+    When the disk is full, the lock is rewritten in place in the space its file already
+    holds (its environment's package list dropped if that is what it takes), so that a run
+    can still say how it ended.
+
+    Raises:
+        OSError: it cannot be written at all.
+    """
+    text = dump_yaml(lock.to_dict())
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if not _overwrite_in_place(path, text.encode("utf-8")):
+            slim = lock.replace(env={**(lock.env or {}), "packages": "(dropped: disk full)"})
+            if not _overwrite_in_place(path, dump_yaml(slim.to_dict()).encode("utf-8")):
+                raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Rewrite ``path`` within the blocks it holds; False when ``data`` does not fit."""
+    try:
+        with open(path, "r+b") as f:
+            held = os.fstat(f.fileno()).st_blocks * 512
+            if len(data) > held:
+                return False
+            f.write(data)
+            f.truncate()
+    except OSError:
+        return False
+    return True
 
 
 def load_lock(path: str | os.PathLike[str]) -> RunLock:

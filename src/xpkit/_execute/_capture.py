@@ -30,17 +30,26 @@ _QUIET_POLL_S = 0.02
 
 
 class LogFile:
-    """An append-only run.log shared by every writer of a run, safe across threads."""
+    """An append-only run.log shared by every writer of a run, safe across threads.
+
+    A write that fails (the disk is full) never reaches the writer, a ``print`` of the
+    run's body: the log stops there, ``error`` says why, and the terminal still shows all.
+    """
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         self._lock = threading.Lock()
+        self.error: OSError | None = None
 
     def write_bytes(self, data: bytes) -> None:
         """Append raw bytes."""
         with self._lock:
-            if not self._file.closed:
+            if self._file.closed or self.error is not None:
+                return
+            try:
                 self._file.write(data)
+            except OSError as e:
+                self.error = e
 
     def write(self, text: str) -> None:
         """Append text (UTF-8)."""

@@ -73,6 +73,7 @@ class ActiveRun:
         self._lock_mutex = threading.Lock()
         self._metrics_file: IO[str] | None = None
         self._metrics_mutex = threading.Lock()
+        self._metrics_failed = False
 
     @property
     def id(self) -> str:
@@ -140,11 +141,16 @@ class ActiveRun:
 
         line = json.dumps({"time": time.time(), "step": step, "metrics": values})
         with self._metrics_mutex:
-            if self._metrics_file is None:
-                self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-            self._metrics_file.write(line + "\n")
-            self._metrics_file.flush()
-            self.last_metrics.update(values)
+            self.last_metrics.update(values)  # run.lock keeps them even if the file cannot
+            try:
+                if self._metrics_file is None:
+                    self._metrics_file = open(self.paths.metrics, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+                self._metrics_file.write(line + "\n")
+                self._metrics_file.flush()
+            except OSError as e:  # the disk is full: the body goes on, said once
+                if not self._metrics_failed:
+                    self._metrics_failed = True
+                    self.logger.error("cannot append to %s: %s", self.paths.metrics.name, e)
 
     def close(self) -> None:
         """Release the run's open files."""

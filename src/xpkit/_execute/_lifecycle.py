@@ -152,10 +152,10 @@ def execute(request: RunRequest) -> RunResult:
             directory that cannot be created); nothing is left behind.
     """
     plan, config, recorders = _plan(request)
-    active = _start(request, plan, config, recorders)
+    active, log = _start(request, plan, config, recorders)
     endings = _begin_hooks(request.hooks, active)
     try:
-        outcome = _live(active, recorders, request.body or call_stage, fds=request.fds)
+        outcome = _live(active, log, recorders, request.body or call_stage, fds=request.fds)
     finally:
         for end in endings:
             end()  # never raises: a hook's failure is its own warning
@@ -214,8 +214,9 @@ def _probe(cfg: DictConfig, started: Any) -> DictConfig:
 
 def _start(
     request: RunRequest, plan: RunPlan, config: DictConfig, recorders: list[Recorder]
-) -> ActiveRun:
-    """Create (or reopen) the run directory and write config.yaml and the first run.lock.
+) -> tuple[ActiveRun, LogFile]:
+    """Create (or reopen) the run directory; write the first run.lock and config.yaml, open
+    run.log.
 
     Raises:
         RunDirError: the directory or its first files cannot be written (read-only, full);
@@ -243,14 +244,13 @@ def _open(
     recorders: list[Recorder],
     run_dir: Path,
     previous: RunLock | None,
-) -> ActiveRun:
+) -> tuple[ActiveRun, LogFile]:
     _config.update(cfg, "save_dir", display_path(run_dir), force=True)
     with _config.now_at(plan.started):
         _config.resolve(cfg)
     plan = dataclasses.replace(plan, config=cfg)
     paths = RunPaths(run_dir)
     config = _config.to_plain(cfg)
-    atomic_write_text(paths.config, dump_yaml(config))
     lock = _first_lock(request, plan, run_dir, config, previous)
     active = ActiveRun(
         plan=plan,
@@ -259,10 +259,12 @@ def _open(
         recorders=recorders,
         logger=make_logger(plan.stage.name, lock.id),
     )
-    active.update_lock()
+    active.update_lock()  # first: a run killed from here on is a run
+    atomic_write_text(paths.config, dump_yaml(config))
+    log = LogFile(paths.log)
     if _under_results(plan.settings, run_dir):
         point_latest(run_dir)
-    return active
+    return active, log
 
 
 def _first_lock(
@@ -365,9 +367,10 @@ def _begin_hooks(hooks: Sequence[RunHook], active: ActiveRun) -> list[Callable[[
 # --- body and finish -----------------------------------------------------------------------
 
 
-def _live(active: ActiveRun, recorders: list[Recorder], body: Body, *, fds: bool) -> Outcome:
+def _live(
+    active: ActiveRun, log: LogFile, recorders: list[Recorder], body: Body, *, fds: bool
+) -> Outcome:
     """Record, run the body, finish: the run's whole life in its directory."""
-    log = LogFile(active.paths.log)
     outcome = Outcome()
     try:
         with active, capture_output(log, fds=fds), _sigterm_interrupts():
@@ -406,9 +409,15 @@ def _finish(active: ActiveRun, recorders: list[Recorder], outcome: Outcome, log:
         active.logger.error("run %s %s: %s", active.id, status, reason)
         log.write(error["traceback"])
     metrics = {**(active.lock.metrics or {}), **active.last_metrics}
-    lock = active.rewrite_lock(
-        lambda lock: end_lock(lock, status=status, error=error, metrics=metrics, **sections)
-    )
+    try:
+        lock = active.rewrite_lock(
+            lambda lock: end_lock(lock, status=status, error=error, metrics=metrics, **sections)
+        )
+    except OSError as e:  # not even in place: the run stays "running" (shown interrupted)
+        print(f"[xpkit] cannot write the final run.lock of {active.lock.dir}: {e}", file=sys.stderr)
+        return
+    if log.error is not None:
+        active.logger.warning("run.log is incomplete: %s", log.error)
     if status == "completed":
         active.logger.info("run %s completed in %.2f s", active.id, lock.duration_s or 0.0)
     _tell_parent(active, lock)
