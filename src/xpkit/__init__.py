@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._api._script import run
 from ._api._stage import Stage, stage
 from ._catalog._run import Run
 from ._execute._context import current, get_logger, log_metrics, track_data, use_run
 from .errors import XpkitError
 
 if TYPE_CHECKING:
+    from ._api._script import run
     from ._catalog._runs import Runs, runs
     from ._record._data import diff_manifests, load_manifest
     from ._record._hashing import HashRecord, hash_path
@@ -54,8 +54,10 @@ __all__ = [
 ]
 
 
-# imported on first use (PEP 562): a script that only runs a stage does not pay for them
+# imported on first use (PEP 562): a library call of a stage does not pay for the command
+# line (``run``), a script that only runs a stage does not pay for the others
 _LAZY = {
+    "run": "_api._script",
     "HashRecord": "_record._hashing",
     "hash_path": "_record._hashing",
     "diff_manifests": "_record._data",

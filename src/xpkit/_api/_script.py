@@ -7,7 +7,6 @@ import copy
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,12 +78,12 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         return None
 
 
-@dataclass(frozen=True)
 class _Session:
     """Where ``xp.run`` was called from: a script (exits) or a console (hands locals back)."""
 
-    interactive: bool
-    namespace: dict[str, Any]
+    def __init__(self, interactive: bool, namespace: dict[str, Any]) -> None:
+        self.interactive = interactive
+        self.namespace = namespace
 
     def exit(self, code: int) -> None:
         """Exit with ``code`` in a script; nothing in a console."""

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .._catalog._run import Run
 from .._core import _config
 from .._core._settings import load_settings
-from .._execute._entry import find_entry
 from .._execute._lifecycle import RunRequest, RunResult, execute
 from .._tracking._hook import TRACKING
 from ..errors import ConfigError
@@ -107,6 +106,8 @@ class Stage(Generic[R]):
     def entry(self) -> dict[str, str]:
         """Where the stage is defined: ``{module, qualname, file}`` (run.lock ``entry``)."""
         if self._entry is None:
+            from .._execute._entry import find_entry
+
             self._entry = find_entry(self, self.fn)
         return self._entry
 

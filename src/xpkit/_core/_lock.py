@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import datetime as dt
+import errno
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field

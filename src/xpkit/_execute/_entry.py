@@ -9,7 +9,6 @@ it ran) is imported from its file under its own name, so that its
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import types
@@ -128,6 +127,8 @@ def _import_file(path: Path, settings: Settings) -> types.ModuleType:
             return loaded
         name = f"_xpkit_stage_{path.stem}"
     _on_path(path.parent, settings.root)
+    import importlib.util  # importing a stage again is rare: not at ``import xpkit``
+
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         msg = f"cannot import stage from {path}: not a Python file"

@@ -30,7 +30,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ from ..errors import ConfigError, NotInRunError, RunDirError
 from ._capture import LogFile, capture_output
 from ._context import ActiveRun, drop_logger, make_logger
 from ._ending import end_lock, error_record, status_of, user_traceback
-from ._entry import entry_record
 from ._locals import call_capturing
 
 if TYPE_CHECKING:
@@ -233,6 +231,8 @@ def _start(
         return _open(request, plan, config, recorders, run_dir, previous)
     except OSError as e:
         if previous is None:
+            import shutil  # only on this path: shutil pulls in the compression modules
+
             shutil.rmtree(run_dir, ignore_errors=True)
         raise _dir_error(run_dir, e) from None
 
@@ -275,6 +275,8 @@ def _first_lock(
     previous: RunLock | None,
 ) -> RunLock:
     """The run.lock a run starts with; a resumed run keeps its id, start and history."""
+    from ._entry import entry_record
+
     settings = plan.settings
     extra = {**request.extra, "entry": entry_record(plan.stage.entry(), settings)}
     argv = tuple(sys.argv if request.argv is None else request.argv)
