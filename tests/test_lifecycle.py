@@ -47,6 +47,7 @@ class Config:
     prep: str = "results/prepare/latest"
     raw: str = "data"
     wait_recorded: bool = False
+    sleep_s: float = 0.0
 
 def kill_point():
     pass
@@ -54,6 +55,7 @@ def kill_point():
 @xp.stage(upstream=["prep"], data=["raw"])
 def main(cfg: Config):
     xp.log_metrics({"loss": 0.5}, step=0)
+    time.sleep(cfg.sleep_s)
     if cfg.wait_recorded:  # a long body: everything the start knows is recorded by now
         run = xp.current()
         while not (run.reload().lock.data and run.lock.env):
@@ -66,18 +68,26 @@ if __name__ == "__main__":
 """
 
 # Runs a script with a profile hook that SIGKILLs the process when a given function is
-# entered (``module:function``), or when run.lock's final version is about to replace the
-# running one (``final-write``): the temporary file is written, the rename never happens.
+# entered (``module:function``); when data hashing is under way while the body runs
+# (``hashing``: the hashing thread is held until the body starts, then kills); or when
+# run.lock's final version is about to replace the running one (``final-write``: the
+# temporary file is written, the rename never happens).
 KILLER = """
 import os, runpy, signal, sys, threading
 
 target = os.environ["KILL_AT"]
 armed = []
+body_started = threading.Event()
 
 def hook(frame, event, arg):
     if event == "call":
         name = f"{frame.f_globals.get('__name__')}:{frame.f_code.co_name}"
         if name == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if target == "hashing" and name == "__main__:main":
+            body_started.set()
+        if target == "hashing" and name == "xpkit._record._hashing:hash_one":
+            body_started.wait()
             os.kill(os.getpid(), signal.SIGKILL)
         if target == "final-write" and name == "xpkit._core._paths:atomic_write_bytes":
             path, data = frame.f_locals.get("path"), frame.f_locals.get("data", b"")
@@ -129,8 +139,8 @@ def train_runs(project: Path) -> list[Path]:
 
 def killed_run(project: Path, phase: str) -> Path:
     """Run train.py killed by SIGKILL at ``phase``; return its run directory."""
-    args = ["wait_recorded=true"] if phase == "__main__:kill_point" else []
-    done = python(project, "killer.py", "train.py", *args, KILL_AT=phase)
+    overrides = {"__main__:kill_point": ["wait_recorded=true"], "hashing": ["sleep_s=30"]}
+    done = python(project, "killer.py", "train.py", *overrides.get(phase, []), KILL_AT=phase)
     assert done.returncode == -9, done.stderr
     (run,) = train_runs(project)
     return run
@@ -165,7 +175,7 @@ def test_kill_during_the_snapshot_keeps_the_config_and_the_next_run_works(projec
 
 @pytest.mark.parametrize(
     "phase",
-    ["xpkit._record._hashing:hash_one", "__main__:kill_point", "final-write"],
+    ["hashing", "__main__:kill_point", "final-write"],
     ids=["hashing", "body", "final-write"],
 )
 def test_a_killed_run_keeps_its_provenance(project: Path, phase: str) -> None:
@@ -180,7 +190,7 @@ def test_a_killed_run_keeps_its_provenance(project: Path, phase: str) -> None:
     assert src["files"]["train.py"]
     assert isinstance(upstream, dict)
     assert upstream["prep"]["stage"] == "prepare"
-    if phase != "xpkit._record._hashing:hash_one":
+    if phase != "hashing":
         data, env = lock["data"], lock["env"]
         assert isinstance(data, dict)
         assert data["raw"]["hash"].startswith("xxh3_128:")

@@ -45,5 +45,6 @@ class EnvRecorder:
 
 
 def default_recorders() -> list[Recorder]:
-    """The recorders of one run, in the order their sections appear in run.lock."""
-    return [UpstreamRecorder(), SourceRecorder(), DataRecorder(), EnvRecorder()]
+    """The recorders of one run, in the order they start: those working in a thread (data
+    hashes, the environment) before the code snapshot, which the body waits for."""
+    return [UpstreamRecorder(), DataRecorder(), EnvRecorder(), SourceRecorder()]
