@@ -46,9 +46,9 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
     shell = _console()
     interactive = shell is not None or bool(sys.flags.interactive)
     if shell is not None:
-        from ._reload import enable_project_reload
+        from ._console import enable_console
 
-        enable_project_reload(shell)
+        enable_console(shell)
     args = list(argv) if argv is not None else _script_argv(interactive)
     caller = sys._getframe(1).f_globals
     try:
@@ -347,7 +347,10 @@ def _hand_back(run: Run, namespace: dict[str, Any]) -> None:
     namespace.update(values)
     names = ", ".join(sorted(values)[:12]) + (" ..." if len(values) > 12 else "")
     where = display_path(run.dir)
-    print(f"[xpkit] {run.status} run {where}; in the console now: {names}", file=sys.stderr)
+    from ._console import no_locals_note
+
+    why = "" if run.locals is not None else f" (no locals: {no_locals_note(run)})"
+    print(f"[xpkit] {run.status} run {where}; in the console now: {names}{why}", file=sys.stderr)
 
 
 def _run_config(run: Run) -> Any:
