@@ -217,6 +217,14 @@ def test_unicode_before_a_return_on_the_same_line(
     assert run(shell, "    word = 'héllo ✓'; return word.upper()\n") == "HÉLLO ✓"
 
 
+def test_returns_of_any_shape(shell: InteractiveShell, ns: dict[str, Any]) -> None:
+    """Bare, tuple, parenthesized over lines with a comment, after a form feed."""
+    assert run(shell, "    return\n") is None
+    assert run(shell, "    return 1, 2\n") == (1, 2)
+    assert run(shell, "    return (1 +\n        2)  # three\n") == 3
+    assert run(shell, "    a = 1\n\x0c\n    return a + 1\n") == 2
+
+
 def test_vscode_dedented_cell_gets_its_indentation_from_the_file(
     shell: InteractiveShell, ns: dict[str, Any]
 ) -> None:

@@ -208,23 +208,22 @@ def _as_module_code(raw: list[str]) -> list[str] | None:
     levels = _levels(raw)
     if levels is None:
         return _unparsable(raw)
-    headers, tree = levels
+    text, tree = levels
     body, rest = tree.body[0], tree.body[1:]
     if not isinstance(body, ast.If):  # the level-0 header is the first statement
         return None
-    returns = _body_returns(body.body)
-    final = _final_expression(body, headers, raw)
-    shows = bool(returns) or final is not None
-    text = _header_text(headers, shows=shows) + "".join(raw)
     edits = _Edits(text)
+    returns = _body_returns(body.body)
     for ret in returns:
         edits.rewrite_return(ret)
+    final = _final_expression(body, edits)
     if final is not None:
         edits.wrap(final, f"raise {RETURN_NAME}((", "))")
     for stmt in rest:
         if _is_guard(stmt):
             edits.blank_lines(stmt.lineno, stmt.end_lineno or stmt.lineno)
-    if shows:
+    if returns or final is not None:
+        edits.replace_line(1, "try:\n")
         # IPython's displayhook: Out[N], and ``_`` bound, as for a cell's last expression
         clause = (
             f"except {RETURN_NAME} as __xpkit_r__:\n"
@@ -244,15 +243,16 @@ def _unparsable(raw: list[str]) -> list[str] | None:
     return ["if True:\n", *raw]
 
 
-def _levels(raw: list[str]) -> tuple[list[tuple[str, str]], ast.Module] | None:
-    """Parse the cell under headers, adding one per less indented level Python stumbles on."""
+def _levels(raw: list[str]) -> tuple[str, ast.Module] | None:
+    """The cell under headers, one per less indented level Python stumbles on, parsed."""
     first = _first_code_line(raw)
     indent0 = _indent(raw[first]) if first is not None else ""
     headers: dict[str, str] = {"": "if True:"}
     for _ in range(_MAX_LEVELS):
         ordered = sorted(headers.items(), key=lambda h: len(h[0]))
+        text = "".join(f"{indent}{header}\n" for indent, header in ordered) + "".join(raw)
         try:
-            return ordered, ast.parse(_header_text(ordered, shows=False) + "".join(raw))
+            return text, ast.parse(text)
         except SyntaxError as e:
             level = _dangling_level(e, raw, len(ordered), indent0)
             if level is None or level[0] in headers:
@@ -277,20 +277,13 @@ def _dangling_level(
     return indent, _CLAUSE_HEADERS.get(word, "if True:")
 
 
-def _header_text(headers: list[tuple[str, str]], *, shows: bool) -> str:
-    lines = []
-    for i, (indent, header) in enumerate(headers):
-        lines.append(f"{indent}{'try:' if i == 0 and shows else header}\n")
-    return "".join(lines)
-
-
-def _final_expression(body: ast.If, headers: list[Any], raw: list[str]) -> ast.Expr | None:
+def _final_expression(body: ast.If, edits: _Edits) -> ast.Expr | None:
     """The body's last statement when it is an expression not ended by ``;`` (shown)."""
     last = body.body[-1] if body.body else None
-    if not isinstance(last, ast.Expr) or last.lineno <= len(headers):
+    if not isinstance(last, ast.Expr):
         return None
-    line = raw[(last.end_lineno or last.lineno) - 1 - len(headers)]
-    after = line.encode()[last.end_col_offset or 0 :].decode(errors="replace")
+    end = edits.offset(last.end_lineno or last.lineno, last.end_col_offset or 0)
+    after = edits.text[end:].split("\n", 1)[0]
     return None if after.lstrip().startswith(";") else last
 
 
@@ -314,7 +307,8 @@ class _Edits:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.lines = text.splitlines(keepends=True)
+        # lines as the parser counts them (str.splitlines also splits at form feeds)
+        self.lines = [line + "\n" for line in text.split("\n")]
         self.starts = [0]
         for line in self.lines:
             self.starts.append(self.starts[-1] + len(line))
@@ -329,9 +323,10 @@ class _Edits:
         if node.value is None:
             self.changes.append((start, start + len("return"), f"raise {RETURN_NAME}(None)"))
             return
-        keyword = self.text[start:]
-        spaces = len(keyword[len("return") :]) - len(keyword[len("return") :].lstrip(" \t"))
-        self.changes.append((start, start + len("return") + spaces, f"raise {RETURN_NAME}(("))
+        after = start + len("return")
+        while self.text[after] in " \t":  # ``return  x`` -> ``raise ...((x))``
+            after += 1
+        self.changes.append((start, after, f"raise {RETURN_NAME}(("))
         end = self.offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
         self.changes.append((end, end, "))"))
 
@@ -342,6 +337,9 @@ class _Edits:
 
     def blank_lines(self, first: int, last: int) -> None:
         self.changes.append((self.starts[first - 1], self.starts[last], "\n" * (last - first + 1)))
+
+    def replace_line(self, lineno: int, line: str) -> None:
+        self.changes.append((self.starts[lineno - 1], self.starts[lineno], line))
 
     def insert_line(self, after: int, line: str) -> None:
         at = self.starts[after]

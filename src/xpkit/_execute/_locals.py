@@ -18,7 +18,6 @@ import __future__
 
 import ast
 import contextlib
-import copy
 import dataclasses
 import inspect
 import linecache
@@ -234,8 +233,8 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 def _recompile(unit: ast.Module, code: types.CodeType, flags: int) -> _Twin:
-    """Compile ``unit`` again with the function's body wrapped, and take the twin's code."""
-    unit = copy.deepcopy(unit)
+    """Compile ``unit`` again with the function's body wrapped (in place: the tree was
+    parsed for this), and take the twin's code."""
     node = _function_node(unit, code)
     if node is None:
         return _Twin(None, f"{code.co_name} was not found in its source")
