@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,14 +73,17 @@ class Namespace:
 @pytest.fixture(scope="module")
 def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
     """A real IPython shell with xpkit's body-cell transformer installed (its profile and
-    history in a temporary directory, not the user's)."""
+    history in a temporary directory, not the user's). IPython puts its namespace in
+    ``sys.modules["__main__"]`` (multiprocessing's spawn then fails): put back afterwards."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
+        mp.setitem(sys.modules, "__main__", sys.modules["__main__"])
         config = Config()
         config.HistoryManager.hist_file = ":memory:"
         ip = InteractiveShell.instance(config=config)
         enable_body_cells(ip)
         yield ip
+        ip.restore_sys_module_state()
         InteractiveShell.clear_instance()
 
 

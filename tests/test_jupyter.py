@@ -489,9 +489,9 @@ def test_readme_example_works_as_documented(tmp_path: Path) -> None:
             reply = k.execute(sent)
             assert reply["status"] == "ok", k.output
         assert k.results == ["{'kept': 3}"]
-        k.execute("cfg.min_len = 3")
+        k.execute("cfg.min_len = 2")
         reply = k.execute(vscode_dedent(keep), result="_")
-        assert reply["values"] == {"result": "{'kept': 0}"}
+        assert reply["values"] == {"result": "{'kept': 2}"}
         assert len(runs(project, "prepare")) == 1
     finally:
         k.close()

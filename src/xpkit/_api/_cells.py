@@ -35,6 +35,7 @@ RETURN_NAME = "__xpkit_return__"
 
 _GUARD = re.compile(r"""^if\s+__name__\s*==\s*(['"])__main__\1\s*:\s*(#.*)?$""")
 _MAX_LEVELS = 32
+_MAX_SOURCE_BYTES = 10 * 2**20  # a "script" bigger than this is not searched for the cell
 _CLAUSE_HEADERS = {"except": "try:", "finally": "try:"}
 _OPAQUE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
@@ -136,7 +137,10 @@ def _trimmed(code: list[str]) -> list[str]:
 
 def _find_in_file(code: list[str], path: str) -> list[str] | None:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        file = Path(path)
+        if not file.is_file() or file.stat().st_size > _MAX_SOURCE_BYTES:
+            return None
+        text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     file_lines = [line.rstrip() for line in text.splitlines()]
