@@ -230,7 +230,7 @@ def test_a_file_edited_since_the_import_is_not_recompiled(
     result, found, _ = call_capturing(module.main, {"n": 1})
     assert result == 8  # the code that was imported ran, not the edited file
     assert found is None
-    assert missing_locals_reason() == "edited changed since main was defined: run it again"
+    assert missing_locals_reason() == "module edited was edited since main was imported (reload it)"
     _, found, error = call_capturing(module.main, {"fail": True})
     assert isinstance(error, ValueError)
     assert found is not None

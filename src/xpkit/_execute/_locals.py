@@ -188,8 +188,11 @@ def _build_twin(fn: types.FunctionType, code: types.CodeType) -> _Twin:
         compiled = _compile(unit, filename, flags)
         if compiled is not None and any(c == code for c in _code_objects(compiled)):
             return _recompile(unit, code, flags)
-    where = filename if fn.__module__ == "__main__" else fn.__module__
-    return _Twin(None, f"{where} changed since {fn.__name__} was defined: run it again")
+    if fn.__module__ == "__main__":
+        return _Twin(None, f"{filename} was edited since {fn.__name__} was defined (run it again)")
+    return _Twin(
+        None, f"module {fn.__module__} was edited since {fn.__name__} was imported (reload it)"
+    )
 
 
 def _parse(source: str, filename: str) -> ast.Module | None:
