@@ -18,7 +18,6 @@ import __future__
 
 import ast
 import contextlib
-import dataclasses
 import inspect
 import linecache
 import threading
@@ -26,7 +25,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["call_capturing", "missing_locals_reason"]
 
@@ -41,8 +40,7 @@ _captured: ContextVar[list[dict[str, Any]] | None] = ContextVar("xpkit_locals", 
 _reason: ContextVar[str | None] = ContextVar("xpkit_locals_reason", default=None)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Twin:
+class _Twin(NamedTuple):  # not a dataclass: this module loads with ``import xpkit``
     """A function's capturing twin code, or why there is none."""
 
     code: types.CodeType | None
