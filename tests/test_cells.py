@@ -308,3 +308,12 @@ def test_rewritten_text_of_a_typical_last_cell() -> None:
 
         """
     )
+
+
+def test_the_hook_adds_no_warning_of_its_own(shell: InteractiveShell, ns: dict[str, Any]) -> None:
+    """Parsing a cell to look at it warns nothing (IPython warns, once its own way)."""
+    for code in ('pattern = "\\d"\n', '    indented = "\\d"\n    return indented\n'):
+        with pytest.warns(DeprecationWarning, match="invalid escape") as caught:
+            run(shell, code)
+        files = {w.filename for w in caught}
+        assert files.isdisjoint({"<cell>", "<unknown>"}), files

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,22 @@ def _indent(line: str) -> str:
 
 
 def _runs_as_is(lines: list[str]) -> bool:
-    tree = _parse("".join(lines))
-    return tree is not None and not _body_returns(tree.body)
+    """Whether Python compiles the cell (a ``return`` outside a function fails there too);
+    compiling is the cheapest check: no Python objects for the tree, no walk over it."""
+    try:
+        with warnings.catch_warnings():  # IPython compiles it again and warns then
+            warnings.simplefilter("ignore")
+            compile("".join(lines), "<cell>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 def _parse(text: str) -> ast.Module | None:
     try:
-        return ast.parse(text)
+        with warnings.catch_warnings():  # e.g. invalid escapes: IPython warns once, later
+            warnings.simplefilter("ignore")
+            return ast.parse(text)
     except (SyntaxError, ValueError):
         return None
 
@@ -256,7 +266,9 @@ def _levels(raw: list[str]) -> tuple[str, ast.Module] | None:
         ordered = sorted(headers.items(), key=lambda h: len(h[0]))
         text = "".join(f"{indent}{header}\n" for indent, header in ordered) + "".join(raw)
         try:
-            return text, ast.parse(text)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return text, ast.parse(text)
         except SyntaxError as e:
             level = _dangling_level(e, raw, len(ordered), indent0)
             if level is None or level[0] in headers:
