@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -46,3 +47,32 @@ def ok_counts(run_dir: Path) -> collections.Counter[int]:
             if record["status"] == "ok":
                 counts[record["i"]] += 1
     return counts
+
+
+_MARKER = re.compile(r"^(#\s*%%|#\s*<codecell>|#\s*In\[\d*?\]|#\s*In\[ \])")
+
+
+def vscode_cells(text: str) -> list[str]:
+    """Split a file like vscode-jupyter's ``generateCellRangesFromDocument``: a cell starts
+    at each marker line (whatever its indentation); lines before the first are no cell."""
+    cells: list[list[str]] = []
+    for line in text.splitlines(keepends=True):
+        if _MARKER.match(line.strip()):
+            cells.append([])
+        elif cells:
+            cells[-1].append(line)
+    return ["".join(c) for c in cells if "".join(c).strip()]
+
+
+def vscode_dedent(cell: str) -> str:
+    """What current VSCode sends for a cell (``generateInteractiveCode``): leading and
+    trailing blank lines dropped, then ``dedentCode``: the indentation of the first line that
+    is not blank or a comment removed from every line that starts with it."""
+    lines = cell.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    first = next((x for x in lines if x.strip() and not x.strip().startswith("#")), "")
+    prefix = first[: len(first) - len(first.lstrip())]
+    return "".join((x[len(prefix) :] if x.startswith(prefix) else x) + "\n" for x in lines)

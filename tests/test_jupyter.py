@@ -4,14 +4,19 @@ VSCode (vscode-jupyter) starts the kernel in the file's directory, puts that dir
 ``sys.path``, runs ``__file__ = '<the .py file>'`` hidden, then sends code as execute
 requests: "Run Current File in Interactive Window" sends the whole file as one request;
 "Run Cell" sends the lines of one ``# %%`` cell (marker line dropped, a line counting as a
-marker whatever its indentation), which IPython dedents.
+marker whatever its indentation; ``helpers.vscode_cells``), which current releases dedent
+by the first code line's indentation (``helpers.vscode_dedent``) and older ones, like
+Jupyter's "run selection", send as they are.
 """
 
 from __future__ import annotations
 
+import ast
 import os
-import re
+import shutil
 import subprocess
+import symtable
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import SRC
+from helpers import SRC, vscode_cells, vscode_dedent
 
 jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
@@ -78,19 +83,6 @@ if __name__ == "__main__":
     result = xp.run(main)
 """
 
-MARKER = re.compile(r"^(#\s*%%|#\s*<codecell>|#\s*In\[\d*?\]|#\s*In\[ \])")
-
-
-def vscode_cells(text: str) -> list[str]:
-    """Split a file like vscode-jupyter's generateCellRangesFromDocument, markers dropped."""
-    cells: list[list[str]] = []
-    for line in text.splitlines(keepends=True):
-        if MARKER.match(line.strip()):
-            cells.append([])
-        elif cells:
-            cells[-1].append(line)
-    return ["".join(c) for c in cells if "".join(c).strip()]
-
 
 class Kernel:
     """A real ipykernel and a client sending execute requests."""
@@ -104,10 +96,12 @@ class Kernel:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
         self.output: list[str] = []
+        self.results: list[str] = []
 
     def execute(self, code: str, *, silent: bool = False, **expressions: str) -> dict[str, Any]:
         """Run code; return the reply's content with user_expressions decoded to text."""
         self.output = []
+        self.results = []
         reply = self.client.execute_interactive(
             code,
             silent=silent,
@@ -123,7 +117,9 @@ class Kernel:
         return content
 
     def _collect(self, msg: dict[str, Any]) -> None:
-        if msg["msg_type"] == "stream":
+        if msg["msg_type"] == "execute_result":
+            self.results.append(msg["content"]["data"]["text/plain"])
+        elif msg["msg_type"] == "stream":
             self.output.append(msg["content"]["text"])
         elif msg["msg_type"] == "error":
             self.output.append("\n".join(msg["content"]["traceback"]))
@@ -312,3 +308,318 @@ def test_body_cell_with_log_metrics_reruns_outside_the_run(project: Path, kernel
     assert reply["values"] == {"text": "'[0, 1, 2, 3, 4]'"}
     assert "xp.log_metrics() outside a running stage: not recorded" in "".join(kernel.output)
     assert metrics.read_text() == before
+
+
+# -- the example pipeline, the README's layout, as a new user runs them ------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pipeline"
+README = Path(__file__).resolve().parents[1] / "README.md"
+STAGES = ("prepare", "train", "evaluate")
+FUTURE = "from __future__ import annotations\n"
+STATUS = "main.last.status"
+
+
+def git_project(root: Path) -> Path:
+    """``root`` as a git repository with one commit of what it holds."""
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "start", "--allow-empty"], check=True)
+    return root
+
+
+def vscode_kernel(project: Path) -> Kernel:
+    """A kernel started as VSCode starts one for a file of ``project``."""
+    k = Kernel(project)
+    k.execute(
+        f"import os as _v, sys as _s\n%cd {project}\n"
+        "if _v.getcwd() not in _s.path:\n    _s.path.insert(0, _v.getcwd())\n",
+        silent=True,
+    )
+    return k
+
+
+def run_file(k: Kernel, path: Path, text: str | None = None, **expressions: str) -> dict[str, Any]:
+    """Run Current File in Interactive Window: ``__file__`` set, then the file as one cell."""
+    k.execute(f"__file__ = {str(path)!r}", silent=True)
+    return k.execute(path.read_text() if text is None else text, **expressions)
+
+
+def body_locals(source: str) -> list[str]:
+    """Every local variable of the body of ``main`` in ``source`` (its parameters included)."""
+    table = symtable.symtable(source, "<stage>", "exec")
+    (main,) = [t for t in table.get_children() if t.get_name() == "main"]
+    return sorted(main.get_locals())  # type: ignore[attr-defined]  # a function's table
+
+
+def cell_locals(cell: str) -> list[str]:
+    """The local variables a body cell (as in the file) binds before any use: removed from
+    the console before the cell is sent, they can only come back from the cell itself."""
+    body = []
+    for line in cell.splitlines(keepends=True):
+        if line.strip() and not line[0].isspace():
+            break  # the guard or other top-level code after the body
+        body.append(line)
+    source = "def main():\n" + "".join(body)
+    augmented = {
+        id(node.target) for node in ast.walk(ast.parse(source)) if isinstance(node, ast.AugAssign)
+    }
+    first: dict[str, bool] = {}
+    names = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)]
+    for node in sorted(names, key=lambda n: (n.lineno, n.col_offset)):
+        bound = isinstance(node.ctx, ast.Store) and id(node) not in augmented
+        first.setdefault(node.id, bound)
+    return [name for name in body_locals(source) if first.get(name)]
+
+
+def missing(names: list[str]) -> str:
+    """A user expression listing which of ``names`` are not in the console namespace."""
+    return f"[n for n in {names!r} if n not in globals()]"
+
+
+def forget(k: Kernel, names: list[str]) -> None:
+    k.execute(f"for _n in {names!r}:\n    globals().pop(_n, None)", silent=True)
+
+
+def with_failure(text: str) -> str:
+    """The file with a failure injected just before the body's final ``return``."""
+    head, tail = text.rsplit("\n    return ", 1)
+    return f"{head}\n    raise RuntimeError('injected')\n    return {tail}"
+
+
+@pytest.mark.parametrize("future", ["in the file", "not there", "in an earlier cell"])
+def test_pipeline_files_as_one_cell_hand_back_every_local(tmp_path: Path, future: str) -> None:
+    """Run Current File, for each example: every local of the body is in the console after a
+    success and after a failure, whatever ``from __future__ import annotations`` says."""
+    project = git_project(shutil.copytree(EXAMPLES, tmp_path / "p"))
+    k = vscode_kernel(project)
+    try:
+        if future == "in an earlier cell":
+            k.execute(FUTURE)
+        texts = {stage: (project / f"{stage}.py").read_text() for stage in STAGES}
+        assert all(FUTURE in text for text in texts.values())
+        if future != "in the file":
+            texts = {stage: text.replace(FUTURE, "") for stage, text in texts.items()}
+        for stage in STAGES:  # in order: each consumes the previous one's latest run
+            names = body_locals(texts[stage])
+            assert len(names) > 4
+            reply = run_file(
+                k, project / f"{stage}.py", texts[stage], missing=missing(names), status=STATUS
+            )
+            assert reply["values"] == {"missing": "[]", "status": "'completed'"}, k.output
+        for stage in reversed(STAGES):  # a failed run is no upstream: the last stage first
+            names = body_locals(texts[stage])
+            forget(k, names)
+            failing = with_failure(texts[stage])
+            reply = run_file(
+                k, project / f"{stage}.py", failing, missing=missing(names), status=STATUS
+            )
+            assert reply["values"] == {"missing": "[]", "status": "'failed'"}, k.output
+            assert "RuntimeError: injected" in "".join(k.output)
+    finally:
+        k.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Kernel]]:
+    """The example pipeline in a kernel where each stage has run once."""
+    project = git_project(shutil.copytree(EXAMPLES, tmp_path_factory.mktemp("pipeline") / "p"))
+    k = vscode_kernel(project)
+    for stage in STAGES:
+        reply = run_file(k, project / f"{stage}.py", status="main.last.status")
+        assert reply["values"] == {"status": "'completed'"}, k.output
+    yield project, k
+    k.close()
+
+
+@pytest.mark.parametrize("form", ["as in the file", "dedented by VSCode"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_body_cell_of_the_pipeline_reruns_alone_after_a_run(
+    pipeline: tuple[Path, Kernel], stage: str, form: str
+) -> None:
+    """Run Cell on each ``# %%`` cell after a run: it recomputes its variables; the last one,
+    followed by the guard, shows the body's return value as Out and binds it to ``_``."""
+    project, k = pipeline
+    path = project / f"{stage}.py"
+    reply = run_file(k, path, status="main.last.status")
+    assert reply["values"] == {"status": "'completed'"}, k.output
+    made = len(runs(project, stage))
+    cells = vscode_cells(path.read_text())
+    assert len(cells) >= 2
+    assert "\nif __name__" in cells[-1]
+    assert "\n    return " in cells[-1]
+    for cell in cells:
+        names = cell_locals(cell)
+        forget(k, [*names, "_"])
+        sent = cell if form == "as in the file" else vscode_dedent(cell)
+        reply = k.execute(sent, missing=missing(names), shown="repr(main.last.result)")
+        assert reply["status"] == "ok", k.output
+        assert reply["values"]["missing"] == "[]", (cell, k.output)
+    assert k.results == [ast.literal_eval(reply["values"]["shown"])]  # Out[N] of the last
+    reply = k.execute("", same="_ == main.last.result")
+    assert reply["values"] == {"same": "True"}
+    assert len(runs(project, stage)) == made  # the guard did not start a run
+
+
+def readme_example() -> str:
+    """The README's first Python block: the stage script it teaches."""
+    block = README.read_text().split("```python\n# prepare.py\n", 1)[1].split("```", 1)[0]
+    return "# prepare.py\n" + block
+
+
+def test_readme_example_works_as_documented(tmp_path: Path) -> None:
+    """The README's script in a kernel: %run, locals, each body cell (the last shows the
+    result), ``cfg`` edited in place, a cell run again."""
+    project = tmp_path / "readme"
+    (project / "data").mkdir(parents=True)
+    (project / "prepare.py").write_text(readme_example())
+    (project / "data" / "raw.csv").write_text("a,b\n1, 2\n3,4\n5,\n")
+    git_project(project)
+    k = vscode_kernel(project)
+    try:
+        reply = k.execute("%run prepare.py", kept="kept", rows="len(rows)", r="main.last.result")
+        assert reply["values"] == {
+            "kept": "[{'a': '1', 'b': '2'}, {'a': '3', 'b': '4'}, {'a': '5', 'b': ''}]",
+            "rows": "3",
+            "r": "{'kept': 3}",
+        }, k.output
+        assert "in the console now: cfg, f, kept, rows" in "".join(k.output)
+        k.execute(f"__file__ = {str(project / 'prepare.py')!r}", silent=True)
+        load, keep = vscode_cells((project / "prepare.py").read_text())
+        for sent in (load, keep, vscode_dedent(load), vscode_dedent(keep)):
+            reply = k.execute(sent)
+            assert reply["status"] == "ok", k.output
+        assert k.results == ["{'kept': 3}"]
+        k.execute("cfg.min_len = 2")
+        reply = k.execute(vscode_dedent(keep), result="_")
+        assert reply["values"] == {"result": "{'kept': 2}"}
+        assert len(runs(project, "prepare")) == 1
+    finally:
+        k.close()
+
+
+STAGE_MODULE = """from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import xpkit as xp
+from helpers import scale
+
+
+def traced(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class Config:
+    n: int = 3
+
+
+@xp.stage
+@traced
+def main(cfg: Config) -> int:
+    # %% scale
+    scaled = [scale(i) for i in range(cfg.n)]
+    # %% sum
+    total = sum(scaled)
+    return total
+"""
+
+
+def test_an_edited_module_is_used_by_the_next_run_and_a_resent_cell(tmp_path: Path) -> None:
+    """The script's body calls a project module; the module is edited: a re-sent body cell
+    and the next run use the new code, without a restart."""
+    project = tmp_path / "mods"
+    project.mkdir()
+    script = project / "script.py"
+    script.write_text(STAGE_MODULE + '\n\nif __name__ == "__main__":\n    xp.run(main)\n')
+    (project / "helpers.py").write_text("def scale(x):\n    return 10 * x\n")
+    git_project(project)
+    k = vscode_kernel(project)
+    try:
+        reply = run_file(k, script, scaled="scaled", total="total")
+        assert reply["values"] == {"scaled": "[0, 10, 20]", "total": "30"}, k.output
+        (project / "helpers.py").write_text("def scale(x):\n    return 100 * x\n")
+        scale_cell = vscode_cells(script.read_text())[0]
+        reply = k.execute(vscode_dedent(scale_cell), scaled="scaled")
+        assert reply["values"] == {"scaled": "[0, 100, 200]"}, k.output
+        reply = run_file(k, script, total="total", result="main.last.result")
+        assert reply["values"] == {"total": "300", "result": "300"}, k.output
+    finally:
+        k.close()
+
+
+def test_a_stage_imported_from_a_module_hands_back_its_locals(tmp_path: Path) -> None:
+    """``from stages import main; xp.run(main)``: a stage with a future import and two
+    decorators hands its locals back; after an edit of the module, the next run's."""
+    project = tmp_path / "mods"
+    project.mkdir()
+    stages = project / "stages.py"
+    stages.write_text(STAGE_MODULE)
+    (project / "helpers.py").write_text("def scale(x):\n    return 10 * x\n")
+    git_project(project)
+    k = vscode_kernel(project)
+    run = "import xpkit as xp\nfrom stages import main\nxp.run(main)\n"
+    try:
+        reply = k.execute(run, scaled="scaled", total="total")
+        assert reply["values"] == {"scaled": "[0, 10, 20]", "total": "30"}, k.output
+        stages.write_text(STAGE_MODULE.replace("total = sum(scaled)", "total = sum(scaled) + 1"))
+        reply = k.execute(run, total="total", result="main.last.result")
+        assert reply["values"] == {"total": "31", "result": "31"}, k.output
+    finally:
+        k.close()
+
+
+def test_missing_locals_are_explained_in_the_hand_back_line(tmp_path: Path) -> None:
+    """A stage whose source cannot be read back: the console says why there are no locals."""
+    project = git_project(tmp_path)
+    k = vscode_kernel(project)
+    source = textwrap.dedent(
+        """\
+        import xpkit as xp
+
+        @xp.stage(name="made")
+        def main(cfg):
+            x = 1
+            return x
+        """
+    )
+    try:
+        k.execute(f"exec(compile({source!r}, '<generated>', 'exec'))\nxp.run(main)")
+        out = "".join(k.output)
+        assert "in the console now: cfg (no locals: the source of main is not available" in out
+    finally:
+        k.close()
+
+
+def test_editing_cfg_at_the_prompt_prints_no_conversion_warning(tmp_path: Path) -> None:
+    """``cfg.lr = 1`` on a float field: OmegaConf's implicit-conversion FutureWarning (2.4)
+    is not printed at the prompt; other warnings still are."""
+    project = git_project(tmp_path)
+    (project / "fit.py").write_text(
+        "from dataclasses import dataclass, field\nimport xpkit as xp\n\n"
+        "@dataclass\nclass Model:\n    C: float = 1.0\n\n"
+        "@dataclass\nclass Config:\n    model: Model = field(default_factory=Model)\n\n"
+        "@xp.stage\ndef main(cfg: Config):\n    c = cfg.model.C\n    return c\n\n"
+        "if __name__ == '__main__':\n    xp.run(main)\n"
+    )
+    k = vscode_kernel(project)
+    try:
+        run_file(k, project / "fit.py")
+        reply = k.execute("cfg.model.C = 10", value="cfg.model.C")
+        assert reply["values"] == {"value": "10.0"}
+        assert k.output == []  # OmegaConf >= 2.4 warns here without xpkit's filter
+        message = (
+            "Implicit conversion from int to float at 'model.C' during assignment is "
+            "deprecated; pass the declared type or use OmegaConf.update() for an existing path."
+        )
+        k.execute(f"import warnings\nwarnings.warn({message!r}, FutureWarning)")
+        assert k.output == []
+        k.execute("warnings.warn('something else', FutureWarning)")
+        assert "FutureWarning: something else" in "".join(k.output)
+    finally:
+        k.close()

@@ -273,6 +273,51 @@ def test_help_lists_every_field_with_type_default_and_comment(tmp_path: Path) ->
     assert not (project / "results").exists()
 
 
+def test_help_lists_the_experiments_of_the_default_yaml(tmp_path: Path) -> None:
+    """--help lists the experiments of <script>.yaml with what each sets; a top-level
+    mapping that is a config group (``model``) is config, not an experiment."""
+    project = make_project(tmp_path)
+    (project / "prep.yaml").write_text(
+        "model:\n  layers: 3\nsmall:\n  param: 7\nbig:\n  param: 70\n  model:\n    lr: 0.5\n"
+    )
+    out = run_script(project, "--help")
+    assert out.returncode == 0, out.stderr
+    listing = out.stdout.split("experiments in prep.yaml (--experiment NAME):\n")[1]
+    assert listing.splitlines() == ["  small  param=7", "  big    param=70, model.lr=0.5"]
+
+
+def test_help_lists_the_experiments_of_the_config_given(tmp_path: Path) -> None:
+    """With --config FILE (before or after --help), its experiments are the ones listed."""
+    project = make_project(tmp_path)
+    (project / "prep.yaml").write_text("default_one:\n  param: 1\n")
+    (project / "grid.yaml").write_text("fast:\n  name: " + "x" * 100 + "\n")
+    for args in (["--config", "grid.yaml", "--help"], ["--help", "--config=grid.yaml"]):
+        out = run_script(project, *args)
+        assert out.returncode == 0, out.stderr
+        assert "experiments in grid.yaml (--experiment NAME):\n  fast  name=xxx" in out.stdout
+        assert "default_one" not in out.stdout
+        assert max(len(line) for line in out.stdout.splitlines()) < 100  # cut, not wrapped
+
+
+def test_help_with_a_broken_experiments_file_says_so_in_one_line(tmp_path: Path) -> None:
+    """Bad YAML beside the script: --help still works and names the file and line."""
+    project = make_project(tmp_path)
+    (project / "prep.yaml").write_text("fast:\n  param: [1, 2\n")
+    out = run_script(project, "--help")
+    assert out.returncode == 0, out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("experiments")]
+    assert line.startswith("experiments: malformed YAML in prep.yaml line 3")
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_help_describes_the_stage_with_the_script_docstring(tmp_path: Path) -> None:
+    """Without a function docstring, the script's own docstring is the description."""
+    project = make_project(tmp_path, '"""Prepare the rows."""\n' + SCRIPT)
+    out = run_script(project, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "\nPrepare the rows.\n" in out.stdout
+
+
 def test_print_config_prints_resolved_yaml_and_makes_no_run(tmp_path: Path) -> None:
     """--print-config prints the resolved config as YAML and creates no run directory."""
     project = make_project(tmp_path)

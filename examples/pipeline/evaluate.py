@@ -16,10 +16,13 @@ class Config:
 
 @xp.stage(upstream=["model"])
 def main(cfg: Config) -> dict[str, float]:
+    # %% load the model and the held-out rows
     train_run = xp.Run(cfg.model)
     prep_dir = Path(train_run.config.prep)
     rows = json.loads((prep_dir / "test.json").read_text())
     model = json.loads((Path(cfg.model) / "model.json").read_text())
+
+    # %% score
     preds = [sum(model["w"][k] * r[k] for k in model["w"]) + model["b"] for r in rows]
     ys = [r["y"] for r in rows]
     mse = sum((p - y) ** 2 for p, y in zip(preds, ys, strict=True)) / len(ys)

@@ -18,6 +18,12 @@ class Config:
     seed: int = 0  # shuffling seed
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return mean, var**0.5 or 1.0
+
+
 @xp.stage(data=["raw"])
 def main(cfg: Config) -> dict[str, int]:
     # %% load
@@ -33,6 +39,8 @@ def main(cfg: Config) -> dict[str, int]:
     ]
     random.Random(cfg.seed).shuffle(scaled)
     n_test = int(len(scaled) * cfg.test_fraction)
+
+    # %% save the split
     out = Path(cfg.save_dir)
     (out / "train.json").write_text(json.dumps(scaled[n_test:]))
     (out / "test.json").write_text(json.dumps(scaled[:n_test]))
@@ -40,12 +48,6 @@ def main(cfg: Config) -> dict[str, int]:
     xp.log_metrics({"rows": len(rows), "test_rows": n_test})
     xp.get_logger().info("%d rows, %d features, %d held out", len(rows), len(features), n_test)
     return {"rows": len(rows)}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / len(values)
-    return mean, var**0.5 or 1.0
 
 
 if __name__ == "__main__":

@@ -53,9 +53,9 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
     shell = _console()
     interactive = shell is not None or bool(sys.flags.interactive)
     if shell is not None:
-        from ._reload import enable_project_reload
+        from ._console import enable_console
 
-        enable_project_reload(shell)
+        enable_console(shell)
     args = list(argv) if argv is not None else _script_argv(interactive)
     session = _Session(interactive, sys._getframe(1).f_globals)
     try:
@@ -214,7 +214,7 @@ def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     parser = _StageParser(
         stage,
         prog=_script_name(stage),
-        description=_first_line(stage.fn.__doc__) or f"Run the {stage.name!r} stage, tracked.",
+        description=_description(stage),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -234,7 +234,8 @@ def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--experiment",
         metavar="NAME",
-        help="a named node of the config file (default file: <script>.yaml beside the script)",
+        help="a named node of the config file (default file: <script>.yaml beside the "
+        "script; listed below)",
     )
     parser.add_argument(
         "--overrides-path",
@@ -292,10 +293,25 @@ class _StageParser(argparse.ArgumentParser):
     def __init__(self, stage: Stage[Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stage = stage
+        self._args: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._remember(args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_known_intermixed_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._remember(args)
+        return super().parse_known_intermixed_args(args, namespace)
+
+    def _remember(self, args: Any) -> None:
+        """Keep the arguments: --help lists the experiments of the --config given with it."""
+        if args is not None:
+            self._args = [str(a) for a in args]
 
     def format_help(self) -> str:
         if self.epilog is None:
-            self.epilog = _fields_help(self._stage)
+            listing = _experiments_help(self._stage, _config_arg(self._args))
+            self.epilog = _fields_help(self._stage) + (f"\n\n{listing}" if listing else "")
         return super().format_help()
 
 
@@ -321,6 +337,56 @@ def build_config(stage: Stage[Any], options: argparse.Namespace) -> DictConfig:
         cfg = _config.merge_layer(cfg, layer, source=f"--overrides-path {options.overrides_path}")
     cfg = _config.apply_dotlist(cfg, options.overrides, source="command line")
     return _config.apply_dotlist(cfg, options.dotlist, source="-o")
+
+
+def _config_arg(args: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``args`` (the last one wins, as in argparse)."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--config="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _experiments_help(stage: Stage[Any], config: str | None) -> str:
+    """The experiments (top-level mappings that are not config groups) of the config file
+    in use: ``--config FILE``, else ``<script>.yaml`` beside the script; "" when none."""
+    script = _script_path(stage)
+    default = script.with_suffix(".yaml") if script is not None else None
+    if config is not None:
+        path = config
+    elif default is not None and default.is_file():
+        path = display_path(default)
+    else:
+        return ""
+    try:
+        data = _config.load_config_file(path)
+    except ConfigError as e:
+        return f"experiments: {e}"
+    groups = set(stage.config())
+    found = {
+        str(k): v
+        for k, v in data.items_ex(resolve=False)
+        if isinstance(v, DictConfig) and str(k) not in groups
+    }
+    if not found:
+        return ""
+    width = max(len(k) for k in found)
+    lines = [f"experiments in {path} (--experiment NAME):"]
+    for name, node in found.items():
+        lines.append(f"  {name:<{width}}  {_summary(node)}")
+    return "\n".join(lines)
+
+
+def _summary(node: DictConfig, limit: int = 70) -> str:
+    """``a.b=1, c=x`` for the values an experiment sets, cut to ``limit`` characters."""
+    flat = _config.flatten(OmegaConf.to_container(node, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
+    text = ", ".join(f"{k}={v}" for k, v in flat.items())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _experiments_file(stage: Stage[Any]) -> str:
@@ -374,7 +440,10 @@ def _hand_back(run: Run, namespace: dict[str, Any]) -> None:
     namespace.update(values)
     names = ", ".join(sorted(values)[:12]) + (" ..." if len(values) > 12 else "")
     where = display_path(run.dir)
-    print(f"[xpkit] {run.status} run {where}; in the console now: {names}", file=sys.stderr)
+    from ._console import no_locals_note
+
+    why = "" if run.locals is not None else f" (no locals: {no_locals_note(run)})"
+    print(f"[xpkit] {run.status} run {where}; in the console now: {names}{why}", file=sys.stderr)
 
 
 def _run_config(run: Run) -> Any:
@@ -389,10 +458,11 @@ def _console() -> Any:
     if "IPython" not in sys.modules:
         return None
     try:
-        from IPython import get_ipython  # type: ignore[attr-defined]  # re-exported untyped
+        # untyped in older IPython releases, typed in current ones
+        from IPython import get_ipython  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
-    return get_ipython()  # type: ignore[no-untyped-call]  # IPython is untyped
+    return get_ipython()  # type: ignore[no-untyped-call,unused-ignore]  # as above
 
 
 def _script_argv(interactive: bool) -> list[str]:
@@ -420,6 +490,24 @@ def _script_name(stage: Stage[Any]) -> str:
     return script.name if script is not None else stage.name
 
 
+def _description(stage: Stage[Any]) -> str:
+    """The function's docstring, else its script's, else a generic line."""
+    for doc in (stage.fn.__doc__, _script_doc(stage)):
+        if _first_line(doc):
+            return _first_line(doc)
+    return f"Run the {stage.name!r} stage, tracked."
+
+
+def _script_doc(stage: Stage[Any]) -> str | None:
+    """The docstring of the module loaded from the stage's script (not a console's)."""
+    module = sys.modules.get(getattr(stage.fn, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    script = _script_path(stage)
+    if script is None or not isinstance(file, str) or Path(file).resolve() != script:
+        return None
+    return getattr(module, "__doc__", None)
+
+
 def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
@@ -436,10 +524,11 @@ def _fields_help(stage: Stage[Any]) -> str:
         )
     width = max(len(f.key) for f in fields)
     twidth = max(len(f.type) for f in fields)
+    dwidth = min(max(len(f.default) for f in fields), 24)  # a long default overflows alone
     lines = ["config fields (override with KEY=VALUE or -o KEY=VALUE):"]
     for f in fields:
-        doc = f"  {f.doc}" if f.doc else ""
-        lines.append(f"  {f.key:<{width}}  {f.type:<{twidth}}  default {f.default}{doc}")
+        line = f"  {f.key:<{width}}  {f.type:<{twidth}}  default {f.default:<{dwidth}}  {f.doc}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 

@@ -53,7 +53,8 @@ def _now_resolver(fmt: str = "%y%m%d-%H%M%S") -> str:
 # OmegaConf 2.4 made register_resolver the API (register_new_resolver warns there); in
 # 2.3 register_resolver is the legacy one-argument form and register_new_resolver is right.
 if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:
-    OmegaConf.register_resolver("now", _now_resolver, replace=True)
+    # typed after 2.3's one-argument form, whichever release is installed
+    OmegaConf.register_resolver("now", _now_resolver, replace=True)  # type: ignore[call-arg,unused-ignore]
 else:
     OmegaConf.register_new_resolver("now", _now_resolver, replace=True)
 
