@@ -555,7 +555,8 @@ def test_an_edited_module_is_used_by_the_next_run_and_a_resent_cell(tmp_path: Pa
 
 def test_a_stage_imported_from_a_module_hands_back_its_locals(tmp_path: Path) -> None:
     """``from stages import main; xp.run(main)``: a stage with a future import and two
-    decorators hands its locals back; after an edit of the module, the next run's."""
+    decorators hands its locals back, and the module's own names its body cells use;
+    after an edit of the module, the next run's."""
     project = tmp_path / "mods"
     project.mkdir()
     stages = project / "stages.py"
@@ -565,8 +566,8 @@ def test_a_stage_imported_from_a_module_hands_back_its_locals(tmp_path: Path) ->
     k = vscode_kernel(project)
     run = "import xpkit as xp\nfrom stages import main\nxp.run(main)\n"
     try:
-        reply = k.execute(run, scaled="scaled", total="total")
-        assert reply["values"] == {"scaled": "[0, 10, 20]", "total": "30"}, k.output
+        reply = k.execute(run, scaled="scaled", total="total", helper="scale(2)")
+        assert reply["values"] == {"scaled": "[0, 10, 20]", "total": "30", "helper": "20"}
         stages.write_text(STAGE_MODULE.replace("total = sum(scaled)", "total = sum(scaled) + 1"))
         reply = k.execute(run, total="total", result="main.last.result")
         assert reply["values"] == {"total": "31", "result": "31"}, k.output

@@ -57,7 +57,7 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
 
         enable_console(shell)
     args = list(argv) if argv is not None else _script_argv(interactive)
-    session = _Session(interactive, sys._getframe(1).f_globals)
+    session = _Session(interactive, sys._getframe(1).f_globals, stage)
     try:
         options = build_parser(stage).parse_intermixed_args(args)
     except SystemExit as e:  # --help, or an argparse usage error (already printed)
@@ -81,9 +81,10 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
 class _Session:
     """Where ``xp.run`` was called from: a script (exits) or a console (hands locals back)."""
 
-    def __init__(self, interactive: bool, namespace: dict[str, Any]) -> None:
+    def __init__(self, interactive: bool, namespace: dict[str, Any], stage: Stage[Any]) -> None:
         self.interactive = interactive
         self.namespace = namespace
+        self.stage = stage
 
     def exit(self, code: int) -> None:
         """Exit with ``code`` in a script; nothing in a console."""
@@ -96,9 +97,17 @@ class _Session:
         self.exit(EXIT_USAGE)
 
     def hand_back(self, run: Run) -> None:
-        """In a console: ``cfg`` and the stage function's locals into its namespace."""
-        if self.interactive:
-            _hand_back(run, self.namespace)
+        """In a console: ``cfg`` and the stage function's locals into its namespace; for a
+        stage defined in an imported module, the module's own names too (its body cells use
+        them), never over a name the console already has."""
+        if not self.interactive:
+            return
+        module = getattr(self.stage.fn, "__globals__", self.namespace)
+        if module is not self.namespace:
+            for name, value in module.items():
+                if not name.startswith("_"):
+                    self.namespace.setdefault(name, value)
+        _hand_back(run, self.namespace)
 
 
 def _launch(
