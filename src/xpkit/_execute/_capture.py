@@ -21,6 +21,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
+from .._core._threads import start_thread
+
 __all__ = ["LogFile", "capture_output"]
 
 _fd_capture_active = False
@@ -203,8 +205,7 @@ class _FdPump:
         os.close(write_end)
         self._read_end = read_end
         self._waiting = False
-        self._thread = threading.Thread(target=self._pump, name=f"xpkit-fd{fd}", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._pump, name=f"xpkit-fd{fd}")
 
     def _pump(self) -> None:
         # the terminal gets bytes at once; run.log gets whole lines, so that stdout and

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .._core._paths import RunPaths
+from .._core._threads import start_thread
 from ..errors import ConfigError
 from . import _tasks
 from ._map import MapWork, _worker
@@ -88,8 +89,7 @@ class Pool:
         self.claim: Path | None = None  # the claim of the task running now
         self.durations: list[float] = []
         self._beat = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeat, name="xpkit-claim", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._heartbeat, name="xpkit-claim")
         self.paths.claims.mkdir(parents=True, exist_ok=True)
 
     def run(self) -> None:

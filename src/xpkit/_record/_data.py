@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from .._core._paths import RunPaths, atomic_write_bytes
+from .._core._threads import leave_signals_to_main
 from .._core._yaml import load_yaml
 from ..errors import DataError
 from ._hashing import PREFIX, HashRecord, cache_path_of, hash_one, jobs_of
@@ -87,7 +88,9 @@ class DataRecorder:
         self._run = run
         self._settings = run.plan.settings
         self._log = run.logger
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpkit-data")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="xpkit-data", initializer=leave_signals_to_main
+        )
         for name, path in self._paths.items():
             self._submit(name, path)
 

@@ -81,6 +81,11 @@ def _stream(fd: int, head: bytes) -> bytes:
 
 def main() -> None:
     """Hash the NUL-separated paths on stdin, writing one :data:`RECORD` each to stdout."""
+    import signal
+
+    # started from xpkit's hashing thread, which leaves SIGINT/SIGTERM to the main thread
+    # (see ``_core/_threads.py``): a worker answers them again
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     data = sys.stdin.buffer.read()
     paths = data.split(b"\0") if data else []
     out = sys.stdout.buffer

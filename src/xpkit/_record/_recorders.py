@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .._core._threads import start_thread
 from ._data import DataRecorder
 from ._lineage import UpstreamRecorder
 from ._plan import Recorder, RecordingRun, RunPlan
@@ -35,8 +36,7 @@ class EnvRecorder:
             self._value = collect_env()
             run.publish(self.key, self._value)
 
-        self._thread = threading.Thread(target=work, name="xpkit-env", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(work, name="xpkit-env")
 
     def finish(self, run: RecordingRun) -> Any:
         if self._thread is not None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from .._core._paths import atomic_path
 from .._core._settings import Settings
+from .._core._threads import leave_signals_to_main
 from ..errors import StoreError, UnsafePathError, missing_extra
 
 __all__ = [
@@ -112,7 +113,9 @@ def link_target(rel: str, target: str, *, what: str, top: Path | None = None) ->
 def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     if len(items) <= 1:
         return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=_JOBS, thread_name_prefix="xpkit-store") as pool:
+    with ThreadPoolExecutor(
+        max_workers=_JOBS, thread_name_prefix="xpkit-store", initializer=leave_signals_to_main
+    ) as pool:
         return list(pool.map(fn, items))
 
 

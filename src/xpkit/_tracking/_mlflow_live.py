@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from .._catalog._run import Run
 from .._core._paths import PACKAGE_DIR, RunPaths
 from .._core._settings import Settings
+from .._core._threads import start_thread
 from ._mlflow import Syncer, reported, tracking_enabled, tracking_uri
 
 if TYPE_CHECKING:
@@ -190,8 +191,7 @@ class _Tracker:
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="xpkit-mlflow", daemon=True)
-            self._thread.start()
+            self._thread = start_thread(self._loop, name="xpkit-mlflow")
 
     def _next(self) -> _Job | float | None:
         """The next job, else seconds until one is due (None: nothing to wait for)."""
