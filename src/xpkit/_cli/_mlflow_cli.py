@@ -193,7 +193,7 @@ def _log_runs(
         if problem is not None:
             failed += 1
             say(f"loggers of stage {stage!r} not applied: {problem}")
-    created = points = 0
+    created = points = unreadable = 0
     shown = None if len(good) > 1 and not quiet else False
     with ProgressBar("xp log", total=len(good), enabled=shown) as bar:
         for run in good:
@@ -202,6 +202,9 @@ def _log_runs(
                 report = syncer.sync(run, loggers=fns)
                 created += report.created
                 points += report.metrics
+            except LockError as e:  # the listing sections read, the rest of run.lock not
+                failed, unreadable = failed + 1, unreadable + 1
+                say(f"skipped {run.dir}: {e}")
             except Exception as e:
                 failed += 1
                 if not reported(e):  # a logger's failure was said with its name
@@ -209,7 +212,7 @@ def _log_runs(
             bar.advance()
     if not quiet:
         say(
-            f"synced {len(good)} run(s) ({created} new, {points} metric points) "
+            f"synced {len(good) - unreadable} run(s) ({created} new, {points} metric points) "
             f"into {tracking_uri(settings)}" + (f"; {failed} problem(s)" if failed else "")
         )
     return 1 if failed else 0
@@ -223,20 +226,31 @@ def _lock_error(run: Run) -> str:
     return "unreadable run.lock"
 
 
+_UNREADABLE = object()
+
+
+def _entry(run: Run) -> Any:
+    """run.lock ``entry`` of ``run``; :data:`_UNREADABLE` when its run.lock is invalid."""
+    try:
+        return run.lock.extra.get("entry")
+    except LockError:
+        return _UNREADABLE
+
+
 def _loggers_for(
     runs: list[Run], settings: Settings, forced: Any
 ) -> dict[str, tuple[list[Callable[..., Any]], str | None]]:
     """Per stage name: its loggers, or the reason they could not be imported."""
     out: dict[str, tuple[list[Callable[..., Any]], str | None]] = {}
     for run in runs:
-        if run.stage in out:
-            continue
+        if run.stage in out or _entry(run) is _UNREADABLE:
+            continue  # a run whose run.lock is bad is skipped (said) by the sync
         if forced is not None:
             out[run.stage] = (
                 (list(forced.loggers), None) if forced.name == run.stage else ([], None)
             )
             continue
-        if not isinstance(run.lock.extra.get("entry"), Mapping):
+        if not isinstance(_entry(run), Mapping):
             out[run.stage] = ([], None)  # made before entries were recorded: nothing to apply
             continue
         try:

@@ -12,13 +12,15 @@ from typing import Any
 
 import yaml
 
-from ..errors import LockError, LockVersionError
+from ..errors import LockError
 from ._paths import atomic_write_text
+from ._schema import SCHEMA_VERSION, STATUSES, check_lock
 
 __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "RunLock",
+    "decode_lock",
     "dump_yaml",
     "load_lock",
     "load_yaml",
@@ -27,14 +29,18 @@ __all__ = [
     "write_lock",
 ]
 
-SCHEMA_VERSION = 1
-STATUSES = ("running", "completed", "failed", "interrupted")
-
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
-    """Safe dumper writing multi-line strings (tracebacks) as literal blocks."""
+    """Safe dumper writing multi-line strings (tracebacks) as literal blocks, no aliases.
+
+    A value met twice is written twice: a lock reads (and greps) the same by hand, and
+    :func:`load_yaml` has no aliases to expand.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -97,28 +103,10 @@ class RunLock:
 
         Raises:
             LockVersionError: the lock comes from a newer schema.
-            LockError: a required key is missing or has the wrong type.
+            LockError: a required key is missing, or a key (at any depth, upstream locks
+                included) has the wrong type; see :mod:`xpkit._core._schema`.
         """
-        version = data.get("xpkit")
-        if not isinstance(version, int):
-            msg = f"{source}: not a run.lock (no integer 'xpkit' schema version)"
-            raise LockError(msg)
-        if version > SCHEMA_VERSION:
-            msg = (
-                f"{source}: run.lock schema {version} is newer than this xpkit understands "
-                f"({SCHEMA_VERSION}); upgrade xpkit to read it"
-            )
-            raise LockVersionError(msg)
-        for key in ("id", "stage", "dir", "status"):
-            if not isinstance(data.get(key), str):
-                msg = f"{source}: run.lock key {key!r} is missing or not a string"
-                raise LockError(msg)
-        if data["status"] not in STATUSES:
-            msg = (
-                f"{source}: run.lock status {data['status']!r} is not one of {', '.join(STATUSES)}"
-            )
-            raise LockError(msg)
-        _check_types(data, source)
+        check_lock(data, source)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         known["argv"] = tuple(known.get("argv") or ())
@@ -128,29 +116,6 @@ class RunLock:
 
 
 _OPTIONAL = frozenset({"error", "src", "data", "upstream", "env", "metrics", "tasks"})
-_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "started": ((str,), "a string"),
-    "ended": ((str,), "a string"),
-    "duration_s": ((int, float), "a number"),
-    "pid": ((int,), "an integer"),
-    "host": ((str,), "a string"),
-    "argv": ((list,), "a list of strings"),
-    "config": ((dict,), "a mapping"),
-    **dict.fromkeys(_OPTIONAL, ((dict,), "a mapping")),
-}
-
-
-def _check_types(data: Mapping[str, Any], source: str) -> None:
-    for key, (kinds, what) in _KINDS.items():
-        value = data.get(key)
-        if value is None:
-            continue
-        bad = isinstance(value, bool) or not isinstance(value, kinds)
-        if key == "argv" and not bad:
-            bad = not all(isinstance(a, str) for a in value)
-        if bad:
-            msg = f"{source}: run.lock key {key!r} must be {what}, got {value!r:.80}"
-            raise LockError(msg)
 
 
 def new_run_id() -> str:
@@ -173,15 +138,75 @@ def dump_yaml(data: Any) -> str:
 def load_yaml(text: str | bytes) -> Any:
     """Parse YAML text safely (the C loader when PyYAML has it).
 
+    Aliases are expanded by reference: a node may appear many times in the tree, or inside
+    itself. Every reader walks the tree, so an alias that makes it recursive, or makes it
+    expand to more than :data:`_MAX_VALUES` values ("billion laughs"), is refused here.
+
     Raises:
-        yaml.YAMLError: the text is not valid YAML.
+        yaml.YAMLError: the text is not valid YAML, holds a value Python refuses (an
+            integer of more than 4300 digits), or aliases as above.
     """
-    return yaml.load(text, Loader=_Loader)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except (ValueError, RecursionError) as e:  # raised by the constructors, not YAML errors
+        raise yaml.YAMLError(str(e).splitlines()[0]) from None
+    anchored = b"&" in text if isinstance(text, bytes) else "&" in text
+    if anchored:  # aliases are possible
+        try:
+            _count_values(data, {}, set())
+        except RecursionError:
+            msg = "nested too deep"
+            raise yaml.YAMLError(msg) from None
+    return data
+
+
+# a real document holds a few thousand values (a run.lock's env.packages and upstream locks);
+# aliases expanding beyond this are an attack that would hang every reader walking the tree
+_MAX_VALUES = 1_000_000
+
+
+def _count_values(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values ``node`` holds once aliases are expanded; each node walked once.
+
+    Raises:
+        yaml.YAMLError: a node contains itself, or the expansion is beyond any real document.
+    """
+    if not isinstance(node, (dict, list)):
+        return 1
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if id(node) in open_nodes:
+        msg = "an alias makes a node contain itself"
+        raise yaml.YAMLError(msg)
+    open_nodes.add(id(node))
+    children = node.values() if isinstance(node, dict) else node
+    total = 1 + sum(_count_values(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    if total > _MAX_VALUES:
+        msg = f"aliases expand it to more than {_MAX_VALUES:,} values"
+        raise yaml.YAMLError(msg)
+    sizes[id(node)] = total
+    return total
 
 
 def write_lock(path: Path, lock: RunLock) -> None:
     """Write ``lock`` to ``path`` atomically (temporary file + ``os.replace``)."""
     atomic_write_text(path, dump_yaml(lock.to_dict()))
+
+
+def decode_lock(raw: bytes, path: Path) -> str:
+    """The text of a run.lock file read as ``raw`` bytes.
+
+    Raises:
+        LockError: the bytes are not UTF-8 (binary garbage, another encoding).
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+        msg = f"{path}: not a run.lock (not UTF-8 text: {where})"
+        raise LockError(msg) from None
 
 
 def load_lock(path: str | os.PathLike[str]) -> RunLock:
@@ -195,16 +220,16 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
     if p.is_dir():
         p = p / "run.lock"
     try:
-        text = p.read_text(encoding="utf-8")
+        text = decode_lock(p.read_bytes(), p)
     except OSError as e:
-        msg = f"{p}: cannot read run.lock ({e.strerror})"
+        msg = f"{p}: cannot read run.lock ({e.strerror or e})"
         raise LockError(msg) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as e:
         from ._config import yaml_error_where
 
-        msg = f"invalid YAML in run.lock {p}{yaml_error_where(e)}"
+        msg = f"{p}: invalid YAML{yaml_error_where(e)}"
         raise LockError(msg) from None
     if not isinstance(data, dict):
         msg = f"{p}: not a run.lock (not a YAML mapping)"
