@@ -175,20 +175,24 @@ class Run:
         return sorted(found)
 
     def metric_history(self) -> Iterator[Mapping[str, Any]]:
-        """Every record of metrics.jsonl: ``{"time", "step", "metrics"}``; bad lines skipped."""
+        """Every record of metrics.jsonl: ``{"time", "step", "metrics"}``.
+
+        Lines that are not such a record are skipped: one torn by a crash mid-write, bytes
+        that are not UTF-8, a record whose ``metrics`` is not a mapping.
+        """
         import json
 
         try:
-            f = self.paths.metrics.open(encoding="utf-8")
-        except FileNotFoundError:
+            f = self.paths.metrics.open("rb")
+        except (FileNotFoundError, NotADirectoryError):
             return
         with f:
             for line in f:
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash mid-write
-                if isinstance(record, dict):
+                except (ValueError, RecursionError):  # torn, not UTF-8, nested too deep
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
                     yield record
 
     def __repr__(self) -> str:

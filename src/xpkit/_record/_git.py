@@ -712,11 +712,24 @@ def checkout(root: StrPath, commit: str, dest: StrPath | None = None) -> Path:
     sha = _resolve_commit(repo, commit)
     target = Path(dest) if dest is not None else repo.top.parent / f"{repo.top.name}-{sha[:8]}"
     target = target.resolve()
-    if target.exists() and any(target.iterdir()):
-        msg = f"cannot check out {sha[:12]} into {target}: it exists and is not empty"
+    why = _occupied(target)
+    if why:
+        msg = f"cannot check out {sha[:12]} into {target}: {why}"
         raise GitError(msg)
     run_git(repo.top, ["worktree", "add", "--detach", str(target), sha])
     return target
+
+
+def _occupied(target: Path) -> str:
+    """Why a worktree cannot go to ``target`` ("" when it is free or an empty directory)."""
+    try:
+        if not target.exists():
+            return ""
+        if not target.is_dir():
+            return "it is a file, not a directory"
+        return "it exists and is not empty" if any(target.iterdir()) else ""
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
 
 
 def _resolve_commit(repo: _Repo, commit: str) -> str:
