@@ -12,6 +12,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── RunNotFoundError (LookupError)    no run matches a directory or id prefix
     │   └── AmbiguousRunError             an id prefix matches several runs
     ├── DataError (FileNotFoundError)     a tracked data path is missing or unreadable
+    ├── WriteError (OSError)              a file xpkit must write cannot be (read-only, full)
     ├── UpstreamError (ValueError)        an upstream run is missing or not completed
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
@@ -41,6 +42,7 @@ __all__ = [
     "TasksFailed",
     "UnsafePathError",
     "UpstreamError",
+    "WriteError",
     "XpkitError",
     "missing_extra",
 ]
@@ -80,6 +82,10 @@ class AmbiguousRunError(RunNotFoundError):
 
 class DataError(XpkitError, FileNotFoundError):
     """A tracked data path is missing or cannot be read."""
+
+
+class WriteError(XpkitError, OSError):
+    """A file or directory xpkit must write cannot be written (read-only, disk full, denied)."""
 
 
 class UpstreamError(XpkitError, ValueError):
