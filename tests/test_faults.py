@@ -611,6 +611,7 @@ def test_stale_ref_lock_is_one_warning_and_the_run_keeps_its_git_state(
     stage_repo: ModuleType,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A refs/heads/run_logs.lock an hour old: no update-ref waits on it (git's own trace
     shows none), one commit object per run (the recorded one), one warning naming the file;
@@ -638,7 +639,7 @@ def test_stale_ref_lock_is_one_warning_and_the_run_keeps_its_git_state(
     assert len(warned) == 1
     assert re.fullmatch(
         f"code snapshot {src['commit'][:12]} is not on branch 'run_logs': "
-        f"{re.escape(str(ref_lock))} is a stale lock left by a killed git 36[0-9][0-9] s ago: "
+        f"{re.escape(str(ref_lock))} is a stale lock left by a killed git 1h0[0-9]m ago: "
         "remove that file",
         warned[0],
     )
@@ -649,6 +650,8 @@ def test_stale_ref_lock_is_one_warning_and_the_run_keeps_its_git_state(
         ]
     )
     assert (tmp_path / ".git" / "refs" / "heads" / "run_logs").read_text().strip() == tip
+    _, _, shown = xp_cli(capsys, "show", str(stage_repo.train.last.dir))
+    assert f"{src['commit'][:12]} on {src['branch']} (dirty); {src['error']}" in shown
 
     ref_lock.unlink()
     stage_repo.train()
@@ -659,15 +662,19 @@ def test_stale_ref_lock_is_one_warning_and_the_run_keeps_its_git_state(
 
 
 def test_a_young_ref_lock_may_be_live_an_old_one_is_stale(tmp_path: Path) -> None:
-    """The bound: a lock file younger than it may belong to a running git; older is stale."""
+    """The bound: a lock file younger than it (or stamped ahead by another clock) may belong
+    to a running git; an older one is stale and says its age."""
     lock = tmp_path / "run_logs.lock"
     assert _git._stale_lock(lock) == ""  # no file
     lock.write_text("")
     now = time.time()
-    os.utime(lock, (now - _git._STALE_REF_LOCK_S + 2, now - _git._STALE_REF_LOCK_S + 2))
+    os.utime(lock, (now + 30, now + 30))
     assert _git._stale_lock(lock) == ""
-    os.utime(lock, (now - _git._STALE_REF_LOCK_S - 2, now - _git._STALE_REF_LOCK_S - 2))
-    assert _git._stale_lock(lock).startswith(f"{lock} is a stale lock left by a killed git ")
+    os.utime(lock, (now - 3600, now - 3600))
+    assert re.fullmatch(
+        f"{re.escape(str(lock))} is a stale lock left by a killed git 1h0[0-9]m ago",
+        _git._stale_lock(lock),
+    )
 
 
 def test_write_lock_keeps_working_after_a_sweep(tmp_path: Path) -> None:

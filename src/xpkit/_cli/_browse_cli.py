@@ -355,7 +355,8 @@ def _code_line(src: Mapping[str, Any] | None) -> str:
     text = str(commit)[:12]
     if src.get("branch"):
         text += f" on {src['branch']}"
-    return text + (" (dirty)" if src.get("dirty") else "")
+    text += " (dirty)" if src.get("dirty") else ""
+    return text + (f"; {src['error']}" if src.get("error") else "")  # e.g. kept off run_logs
 
 
 def _data_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:

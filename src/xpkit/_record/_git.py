@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._core._progress import duration_text
 from ..errors import GitError
 
 __all__ = [
@@ -602,7 +603,7 @@ def _stale_lock(path: Path) -> str:
         return ""
     if age_s < _STALE_REF_LOCK_S:
         return ""  # git holds a ref lock for milliseconds: a young one may be live
-    return f"{path} is a stale lock left by a killed git {age_s:.0f} s ago"
+    return f"{path} is a stale lock left by a killed git {duration_text(age_s)} ago"
 
 
 def _check_ref(repo: _Repo, ref: str) -> None:
