@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LockError, LockVersionError
@@ -43,18 +44,28 @@ class _Bad(Exception):
 
 
 Check = Callable[[Any, str], None]
+_NONE = object()
 
 
-def _kind(*kinds: type, what: str) -> Check:
+@dataclass(frozen=True)
+class _Kind:
     """Values of ``kinds`` (or None); a boolean passes only where ``bool`` is named."""
 
-    def check(value: Any, key: str) -> None:
-        if value is None:
-            return
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise _Bad(key, what, value)
+    kinds: tuple[type, ...]
+    what: str
 
-    return check
+    def ok(self, value: Any) -> bool:
+        if value is None:
+            return True
+        return isinstance(value, self.kinds) and (bool in self.kinds or not isinstance(value, bool))
+
+    def __call__(self, value: Any, key: str) -> None:
+        if not self.ok(value):
+            raise _Bad(key, self.what, value)
+
+
+def _kind(*kinds: type, what: str) -> _Kind:
+    return _Kind(kinds, what)
 
 
 def _mapping(
@@ -75,6 +86,11 @@ def _mapping(
             for name, inner in known.items():
                 if name in value:
                     inner(value[name], f"{key}.{name}")
+            return
+        if isinstance(values, _Kind) and not known:  # 200 packages: no key built per item
+            bad = next((n for n, item in value.items() if not values.ok(item)), _NONE)
+            if bad is not _NONE:
+                raise _Bad(f"{key}.{bad}", values.what, value[bad])
             return
         for name, item in value.items():
             inner = known.get(name, values) if isinstance(name, str) else values
