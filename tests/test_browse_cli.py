@@ -322,7 +322,7 @@ def test_diff_shows_config_code_data_and_packages(pipeline: ModuleType) -> None:
     assert "  lr: 0.01 -> 0.1" in out
     assert "pipeline.py | 2 +" in out
     assert "  raw: xxh3_128:aa -> xxh3_128:bb" in out
-    assert "    (no file manifests: only the hash is known to differ)" in out
+    assert "    (no readable file manifests: only the hash is known to differ)" in out
     assert f"  packages.numpy: {packages.get('numpy', '(missing)')} -> 0.0.1" in out
     assert f"  - packages.pyyaml: {packages['pyyaml']}" in out
     assert "  + packages.brand-new-pkg: 1.0" in out

@@ -702,3 +702,50 @@ def test_a_running_lock_with_a_pid_no_process_can_have_reads_interrupted(
     status, err, out = xp_cli(capsys, "ls", "--where", "status == interrupted", "-f", "json")
     assert (status, err) == (0, [])
     assert [r["id"] for r in json.loads(out)] == [data["id"]]
+
+
+DATA_STAGE = """
+from dataclasses import dataclass
+import xpkit as xp
+
+@dataclass
+class Config:
+    raw: str = "raw"
+
+@xp.stage(name="prep", data=["raw"])
+def prep(cfg: Config):
+    return None
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "not gzip"])
+def test_damaged_data_manifest_leaves_xp_diff_with_the_hashes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    """A per-file manifest cut short, bit-flipped or replaced: xp diff still shows the data
+    hashes that differ, says the file lists are unreadable, and exits 0."""
+    module = import_project(tmp_path, monkeypatch, "dataprep", DATA_STAGE)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.txt").write_text("a")
+    module.prep()
+    first = module.prep.last
+    (tmp_path / "raw" / "b.txt").write_text("b")
+    module.prep()
+    second = module.prep.last
+    manifest = next((second.dir / ".xpkit" / "manifests").iterdir())
+    raw = manifest.read_bytes()
+    manifest.write_bytes(
+        {
+            "truncated": raw[:20],
+            "corrupt": raw[:12] + bytes(b ^ 0xFF for b in raw[12:-8]) + raw[-8:],
+            "not gzip": b"plain text",
+        }[damage]
+    )
+    status, err, out = xp_cli(capsys, "diff", str(first.dir), str(second.dir))
+    assert (status, err) == (0, [])
+    data = out[out.index("\ndata\n") + 1 :].splitlines()[1:3]
+    assert data[0].startswith("  raw: xxh3_128:")
+    assert data[1] == "    (no readable file manifests: only the hash is known to differ)"

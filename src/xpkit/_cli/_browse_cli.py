@@ -464,7 +464,7 @@ def _data(out: _Out, a: Run, b: Run) -> None:
         before, after = _short_hash(c.before) or "(none)", _short_hash(c.after) or "(none)"
         out.line(f"  {c.name}: {before} -> {after}", style="yellow")
         if c.added is None:
-            out.line("    (no file manifests: only the hash is known to differ)")
+            out.line("    (no readable file manifests: only the hash is known to differ)")
             continue
         for mark, files, style in (("+", c.added, "green"), ("-", c.removed, "red")):
             for f in files or ():
