@@ -395,7 +395,10 @@ def test_xp_log_on_a_read_only_results_directory_is_one_line(proj: Path) -> None
 
 
 def test_pull_of_a_corrupt_stored_run_lock_is_one_line(
-    proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    proj: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A stored run.lock with ill-typed sections, made consistent with its manifest: store ls
     lists it, pull refuses it in one line and writes nothing into the clone."""
@@ -417,7 +420,7 @@ def test_pull_of_a_corrupt_stored_run_lock_is_one_line(
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(proj), str(clone)], check=True)
-    os.chdir(clone)
+    monkeypatch.chdir(clone)
     status, err, out = xp_cli(capsys, "store", "ls", "--store", str(store))
     assert (status, err) == (0, [])
     assert run_id in out
@@ -620,7 +623,9 @@ def test_stale_ref_lock_is_one_warning_and_the_run_keeps_its_git_state(
     ref_lock.write_text("")
     os.utime(ref_lock, (time.time() - 3600, time.time() - 3600))
     tip = (tmp_path / ".git" / "refs" / "heads" / "run_logs").read_text().strip()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout
     before = _commits(tmp_path)
     trace = tmp_path.parent / "git-trace.log"
     monkeypatch.setenv("GIT_TRACE", str(trace))

@@ -179,7 +179,8 @@ class _Parser:
             close = closest_keys(start.text, self.keys)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise _error(self.expr, start.pos, f"{what}, found {start.text!r}{hint}")
-        _check_status(self.expr, start.pos, left, right)
+        if op in ("==", "=", "!="):
+            _check_status(self.expr, start.pos, left, right)
         compare = _OPS[op]
         return lambda r: _compare(_value(left, r), _value(right, r), compare)
 
@@ -297,7 +298,7 @@ def unknown_key(name: str, keys: Collection[str]) -> str:
 
 
 def _check_status(expr: str, pos: int, left: Any, right: Any) -> None:
-    """``status == complted`` would match nothing, silently: name the statuses instead."""
+    """``status == complted`` would (never) match, silently: name the statuses instead."""
     for field, value in ((left, right), (right, left)):
         if field == _Field("status") and isinstance(value, str) and value not in STATUSES:
             what = f"status is one of {', '.join(STATUSES)}, not {value!r}"
