@@ -177,6 +177,75 @@ def test_ls_bad_where_is_one_line_error(pipeline: ModuleType) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--where", "config.lrr > 0.01"],
+            "bad --where expression at column 1: no listed run has 'config.lrr'; "
+            "closest: config.lr, in: config.lrr > 0.01",
+        ),
+        (
+            ["--where", "lrr > 0.01"],
+            "bad --where expression at column 1: one side must be a field (config.KEY, "
+            "metrics.NAME, id, stage, status, dir, started, duration_s, commit), found 'lrr'; "
+            "closest: lr, in: lrr > 0.01",
+        ),
+        (
+            ["--where", "stat == completed"],
+            "bad --where expression at column 1: one side must be a field (config.KEY, "
+            "metrics.NAME, id, stage, status, dir, started, duration_s, commit), found 'stat'; "
+            "closest: status, started, stage, in: stat == completed",
+        ),
+        (
+            ["--where", "status == complted"],
+            "bad --where expression at column 1: status is one of running, completed, failed, "
+            "interrupted, not 'complted', in: status == complted",
+        ),
+        (
+            ["--sort", "-metrics.ac"],
+            "bad sort key '-metrics.ac': no listed run has 'metrics.ac'; closest: metrics.acc",
+        ),
+        (
+            ["--sort", "lrr"],
+            "bad sort key 'lrr': use id, stage, status, dir, started, duration_s, commit, "
+            "config.KEY or metrics.NAME ('-' first for descending); closest: lr",
+        ),
+        (
+            ["results/train", "--where", "config.n > 5"],
+            "bad --where expression at column 1: no listed run has 'config.n', in: config.n > 5",
+        ),
+    ],
+)
+def test_ls_unknown_key_is_an_error_naming_the_closest(
+    pipeline: ModuleType, args: list[str], line: str
+) -> None:
+    """A typo in a --where or --sort key is exit 2 and one line with the closest keys, as
+    config overrides do: never a silent 'no runs found'."""
+    done = xp_cli("ls", *args)
+    assert (done.returncode, done.stderr.splitlines(), done.stdout) == (
+        2,
+        [f"xp ls: error: {line}"],
+        "",
+    )
+
+
+def test_ls_key_of_one_stage_only_filters_the_others_out(pipeline: ModuleType) -> None:
+    """A key some listed runs have (config.n of prepare) is no error: runs without it fail the
+    test; a key no run has yet is fine when no run is listed at all."""
+    done = xp_cli("ls", "--where", "config.n > 5", "--format", "json", "--sort", "config.n")
+    assert done.returncode == 0, done.stderr
+    assert [r["stage"] for r in json.loads(done.stdout)] == ["prepare"]
+    empty = xp_cli("ls", "results/nothing-yet", "--where", "config.lr > 0.1")
+    assert (empty.returncode, empty.stderr.splitlines()) == (
+        2,
+        ["xp ls: error: results/nothing-yet: no such run directory or directory of runs"],
+    )
+    Path("results/nothing-yet").mkdir()
+    empty = xp_cli("ls", "results/nothing-yet", "--where", "config.lr > 0.1")
+    assert (empty.returncode, empty.stderr.splitlines()) == (0, ["no runs found"])
+
+
 def test_ls_skips_broken_locks_with_a_warning(pipeline: ModuleType) -> None:
     """Corrupt, truncated, foreign and newer-schema locks are warnings, not crashes."""
     good = pipeline.train.last.paths.lock.read_text()
@@ -253,7 +322,7 @@ def test_diff_shows_config_code_data_and_packages(pipeline: ModuleType) -> None:
     assert "  lr: 0.01 -> 0.1" in out
     assert "pipeline.py | 2 +" in out
     assert "  raw: xxh3_128:aa -> xxh3_128:bb" in out
-    assert "    (no file manifests: only the hash is known to differ)" in out
+    assert "    (no readable file manifests: only the hash is known to differ)" in out
     assert f"  packages.numpy: {packages.get('numpy', '(missing)')} -> 0.0.1" in out
     assert f"  - packages.pyyaml: {packages['pyyaml']}" in out
     assert "  + packages.brand-new-pkg: 1.0" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from xpkit._core._lock import (
     RunLock,
     dump_yaml,
     load_lock,
+    load_yaml,
     new_run_id,
     write_lock,
 )
@@ -103,7 +105,7 @@ def test_garbage_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
     """Invalid YAML names the file and line; non-mappings and non-locks are refused."""
     path = tmp_path / "run.lock"
     path.write_text("xpkit: 1\nid: abc\n  stage: : x\n")
-    with pytest.raises(LockError, match=r"run\.lock line 3"):
+    with pytest.raises(LockError, match=r"run\.lock: invalid YAML line 3"):
         load_lock(path)
     path.write_bytes(b"\x00\x01binary")
     with pytest.raises(LockError):
@@ -133,7 +135,7 @@ def test_newer_schema_raises_lock_version_error(tmp_path: Path) -> None:
         ("status", "done", "one of"),
         ("status", 3, "'status'"),
         ("argv", "prep.py a=1", "'argv'"),
-        ("argv", ["ok", 3], "'argv'"),
+        ("argv", ["ok", 3], "'argv\\[1\\]'"),
         ("config", [1, 2], "'config'"),
         ("metrics", "x", "'metrics'"),
         ("duration_s", "fast", "'duration_s'"),
@@ -153,3 +155,103 @@ def test_wrong_types_are_refused(tmp_path: Path, key: str, value: object, words:
 def test_statuses_are_the_documented_ones() -> None:
     """The four statuses of DESIGN.md."""
     assert STATUSES == ("running", "completed", "failed", "interrupted")
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("env", {"packages": [1]}, "'env.packages' must be a mapping of package names to versions"),
+        ("env", {"packages": {"numpy": [1]}}, "'env.packages.numpy' must be a string or a number"),
+        ("env", {"gpu": ["A100"]}, "'env.gpu[0]' must be a mapping, got 'A100'"),
+        ("src", {"files": 3}, "'src.files' must be a mapping of paths to blob shas, got 3"),
+        ("src", {"commit": 12}, "'src.commit' must be a string, got 12"),
+        ("src", {"dirty": "yes"}, "'src.dirty' must be true or false, got 'yes'"),
+        ("data", {"x": [1]}, "'data.x' must be a mapping (path, hash, files, bytes), got [1]"),
+        ("data", {"x": {"bytes": "big"}}, "'data.x.bytes' must be an integer, got 'big'"),
+        ("upstream", {"k": 5}, "'upstream.k' must be a run.lock mapping, got 5"),
+        ("upstream", {"k": {"id": "a"}}, "'upstream.k' is not a run.lock (no integer 'xpkit'"),
+        ("metrics", {"a": [1]}, "'metrics.a' must be a number, got [1]"),
+        ("metrics", {"a": True}, "'metrics.a' must be a number, got True"),
+        ("tasks", {"total": "4"}, "'tasks.total' must be an integer, got '4'"),
+        ("tasks", {"jobs": [None]}, "'tasks.jobs' must be a list of job ids, got [None]"),
+        ("error", {"message": ["x"]}, "'error.message' must be a string, got ['x']"),
+        ("sweep", {"point": "2"}, "'sweep.point' must be an integer, got '2'"),
+        ("entry", {"qualname": 3}, "'entry.qualname' must be a string, got 3"),
+        ("started", "yesterday", "'started' must be an ISO 8601 timestamp string, got 'yesterday'"),
+        ("duration_s", float("inf"), "'duration_s' must be a finite number of seconds, got inf"),
+        ("argv", ["a", None], "'argv' must be a list of strings, got ['a', None]"),
+    ],
+)
+def test_nested_shapes_are_checked_once_when_read(
+    tmp_path: Path, section: str, value: object, message: str
+) -> None:
+    """Below the top level, the keys readers use have the kind they expect, or LockError
+    names the file and the full dotted key; unknown keys and None stay free."""
+    data = sample().to_dict()
+    data[section] = value
+    path = tmp_path / "run.lock"
+    path.write_text(dump_yaml(data))
+    with pytest.raises(LockError) as info:
+        load_lock(path)
+    assert str(info.value).startswith(f"{path}: run.lock key {message}")
+    data[section] = None  # unknown: always allowed
+    path.write_text(dump_yaml(data))
+    assert load_lock(path).id == data["id"]
+
+
+def test_keys_the_schema_does_not_know_are_free(tmp_path: Path) -> None:
+    """Sections of fixed fields take any other key, of any kind: newer writers add keys."""
+    free = {"later": [1, {"x": None}]}
+    lock = sample().replace(env=free, src=free, tasks=free, error=free, extra={"sweep": free})
+    write_lock(tmp_path / "run.lock", lock)
+    assert load_lock(tmp_path / "run.lock") == lock
+
+
+def test_upstream_locks_are_checked_recursively(tmp_path: Path) -> None:
+    """A bad section two upstream levels down is named by its whole path."""
+    inner = sample().replace(env={"packages": [1]}).to_dict()
+    middle = sample().replace(upstream={"raw": inner}).to_dict()
+    path = tmp_path / "run.lock"
+    path.write_text(dump_yaml(sample().replace(upstream={"prepared": middle}).to_dict()))
+    with pytest.raises(LockError, match=r"key 'upstream\.prepared\.upstream\.raw\.env\.packages'"):
+        load_lock(path)
+
+
+def test_not_utf8_is_a_lock_error_with_the_offset(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 name the byte and its offset, as a LockError."""
+    path = tmp_path / "run.lock"
+    path.write_bytes(b"xpkit: 1\nid: caf\xe9\n")
+    with pytest.raises(LockError) as info:
+        load_lock(path)
+    assert str(info.value) == f"{path}: not a run.lock (not UTF-8 text: byte 0xe9 at offset 16)"
+
+
+def test_shared_values_are_written_without_aliases(tmp_path: Path) -> None:
+    """A value met twice is written twice: no anchors, so readers never meet aliases."""
+    env = {"python": "3.11", "packages": {"numpy": "2.0"}}
+    lock = sample().replace(env=env, upstream={"prep": sample().replace(env=env).to_dict()})
+    text = dump_yaml(lock.to_dict())
+    assert "&" not in text
+    assert "*id" not in text
+    write_lock(tmp_path / "run.lock", lock)
+    assert load_lock(tmp_path / "run.lock") == lock
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a: &x {b: *x}\n", "an alias makes a node contain itself"),
+        (
+            "".join(
+                f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8)
+            ).replace("*l0", "1"),
+            "aliases expand it to more than 1,000,000 values",
+        ),
+        ("a: " + "9" * 5000 + "\n", "Exceeds the limit (4300 digits) for integer string"),
+    ],
+)
+def test_load_yaml_refuses_what_would_hang_or_crash_a_reader(text: str, why: str) -> None:
+    """A recursive alias, a billion laughs, a 5000-digit integer: yaml.YAMLError, at once."""
+    with pytest.raises(yaml.YAMLError, match=re.escape(why)):
+        load_yaml(text)
+    assert load_yaml("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}  # aliases are fine

@@ -119,6 +119,19 @@ def test_where_rejects_a_bad_expression_with_its_column(pipeline: ModuleType) ->
         xp.runs(where="lrr > 0.1")
 
 
+def test_where_and_sort_refuse_a_key_no_run_has(pipeline: ModuleType) -> None:
+    """An unknown key raises ExpressionError with the closest keys; a predicate or key
+    function is the caller's business and never checked."""
+    with pytest.raises(ExpressionError, match=r"column 1: no listed run has 'metrics.acc', in"):
+        xp.runs("results/prepare", where="metrics.acc > 0.5")
+    with pytest.raises(
+        ExpressionError, match=r"no listed run has 'config.lrr'; closest: config.lr"
+    ):
+        xp.runs(sort="config.lrr")
+    assert len(xp.runs(where=lambda run: run.metrics.get("nothing") is None)) == 6
+    assert len(xp.runs("results/train").sort(lambda run: run.metrics.get("nothing", 0))) == 4
+
+
 def test_where_and_sort_take_the_short_names_the_table_shows(pipeline: ModuleType) -> None:
     """``lr`` and ``acc`` (as ``xp ls`` heads its columns) stand for config.lr, metrics.acc."""
     short = xp.runs(where="lr > 0.01 and acc >= 0.5", sort="-lr")

@@ -12,7 +12,8 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── RunNotFoundError (LookupError)    no run matches a directory or id prefix
     │   └── AmbiguousRunError             an id prefix matches several runs
     ├── DataError (FileNotFoundError)     a tracked data path is missing or unreadable
-    ├── RunDirError (OSError)             a run directory cannot be created or written
+    ├── WriteError (OSError)              a file xpkit must write cannot be (read-only, full)
+    │   └── RunDirError                   a run directory cannot be created or written
     ├── UpstreamError (ValueError)        an upstream run is missing or not completed
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
@@ -43,6 +44,7 @@ __all__ = [
     "TasksFailed",
     "UnsafePathError",
     "UpstreamError",
+    "WriteError",
     "XpkitError",
     "missing_extra",
 ]
@@ -84,7 +86,11 @@ class DataError(XpkitError, FileNotFoundError):
     """A tracked data path is missing or cannot be read."""
 
 
-class RunDirError(XpkitError, OSError):
+class WriteError(XpkitError, OSError):
+    """A file or directory xpkit must write cannot be written (read-only, disk full, denied)."""
+
+
+class RunDirError(WriteError):
     """A run directory cannot be created or written (read-only filesystem, disk full)."""
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._core._env import hostname
+from .._core._env import hostname, pid_alive
 from .._core._lock import RunLock, load_lock
-from .._core._paths import RunPaths
+from .._core._paths import RunPaths, is_write_temp
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -167,28 +167,36 @@ class Run:
         return out
 
     def files(self) -> list[Path]:
-        """Every file below the run directory (xpkit's private ``.xpkit/`` left out), sorted."""
+        """Every file below the run directory, sorted.
+
+        Left out: xpkit's private ``.xpkit/``, and the temporary files of atomic writes a
+        killed writer left (:func:`~xpkit._core._paths.is_write_temp`): never results.
+        """
         found: list[Path] = []
         for parent, dirs, names in os.walk(self.dir):
             dirs[:] = sorted(d for d in dirs if d != self.paths.xpkit_dir.name)
-            found += [Path(parent, n) for n in names]
+            found += [Path(parent, n) for n in names if not is_write_temp(n)]
         return sorted(found)
 
     def metric_history(self) -> Iterator[Mapping[str, Any]]:
-        """Every record of metrics.jsonl: ``{"time", "step", "metrics"}``; bad lines skipped."""
+        """Every record of metrics.jsonl: ``{"time", "step", "metrics"}``.
+
+        Lines that are not such a record are skipped: one torn by a crash mid-write, bytes
+        that are not UTF-8, a record whose ``metrics`` is not a mapping.
+        """
         import json
 
         try:
-            f = self.paths.metrics.open(encoding="utf-8")
-        except FileNotFoundError:
+            f = self.paths.metrics.open("rb")
+        except (FileNotFoundError, NotADirectoryError):
             return
         with f:
             for line in f:
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash mid-write
-                if isinstance(record, dict):
+                except (ValueError, RecursionError):  # torn, not UTF-8, nested too deep
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
                     yield record
 
     def __repr__(self) -> str:
@@ -230,12 +238,6 @@ def process_alive(lock: RunLock) -> bool | None:
     None for a process of another host, a lock without pid, or Windows (where
     ``os.kill(pid, 0)`` would end the process).
     """
-    if lock.pid is None or os.name == "nt" or lock.host != hostname():
+    if lock.pid is None or lock.host != hostname():
         return None
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # alive, owned by someone else
-    return True
+    return pid_alive(lock.pid)

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .._core._lock import RunLock, load_lock
+from .._core._lock import RunLock, decode_lock, load_lock
 from .._core._paths import atomic_write_text
 from .._core._yaml import load_yaml
 from ..errors import LockError, LockVersionError
@@ -51,7 +51,7 @@ HEAD_KEYS = frozenset(
     }
 )
 
-_INDEX_VERSION = 2
+_INDEX_VERSION = 3  # 3: heads checked by _core._schema, new error messages
 
 
 def _cut(text: str) -> str:
@@ -72,7 +72,7 @@ def _head_dict(text: str) -> dict[str, Any] | None:
     head = _cut(text)
     try:
         data = _simple_yaml(head)
-    except _Unsupported:
+    except (_Unsupported, ValueError):  # ValueError: an integer of more than 4300 digits
         try:
             data = load_yaml(head)
         except yaml.YAMLError:
@@ -185,9 +185,9 @@ def read_head(path: str | os.PathLike[str]) -> RunLock:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        msg = f"{p}: cannot read run.lock ({getattr(e, 'strerror', None) or e})"
+        text = decode_lock(p.read_bytes(), p)
+    except OSError as e:
+        msg = f"{p}: cannot read run.lock ({e.strerror or e})"
         raise LockError(msg) from None
     # xpkit writes whole files ending in a newline: anything else may be cut short in a
     # section the head skips, so let the full parse judge it

@@ -26,7 +26,14 @@ from ..errors import (
 )
 from ._run import Run
 from ._runindex import RunIndex
-from ._where import FIELDS, compile_where, resolve_field
+from ._where import (
+    FIELDS,
+    closest_keys,
+    compile_where,
+    known_field,
+    resolve_field,
+    unknown_key,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -241,13 +248,18 @@ class Runs(Sequence[Run]):
         if callable(key):
             return self._derive(sorted(self._runs, key=key, reverse=reverse))
         descending = key.startswith("-") != reverse
-        name = resolve_field(key.lstrip("-"), self._keys()) or key.lstrip("-")
+        keys = self._keys()
+        name = resolve_field(key.lstrip("-"), keys) or key.lstrip("-")
         if name not in FIELDS and not name.startswith(("config.", "metrics.")):
             fields = ", ".join(FIELDS)
+            close = ", ".join(closest_keys(name, keys))
             msg = (
                 f"bad sort key {key!r}: use {fields}, config.KEY or metrics.NAME "
-                "('-' first for descending)"
+                f"('-' first for descending){f'; closest: {close}' if close else ''}"
             )
+            raise ExpressionError(msg)
+        if keys and not known_field(name, keys):
+            msg = f"bad sort key {key!r}: {unknown_key(name, keys)}"
             raise ExpressionError(msg)
         values = [(self._sort_value(r, name), r) for r in self._runs]
         present = [(v, r) for v, r in values if v is not None]

@@ -14,7 +14,8 @@ prefix, as the ``xp ls`` table shows it (``lr``, ``optim.lr``, ``loss``), when t
 ``keys`` name exactly one; any other bare word is a string.
 Two numbers compare as numbers, anything else as text (``true``, ``false``, ``null`` for
 booleans and None). A field the run does not have makes its comparison false; a field
-alone tests that its value is truthy.
+alone tests that its value is truthy. A field that no run of ``keys`` has is an error naming
+the closest keys (a typo would match nothing); so is a status that does not exist.
 
 Example:
     >>> test = compile_where("config.lr > 0.01 and (status == completed or not metrics.acc)")
@@ -31,9 +32,17 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._core._schema import STATUSES
 from ..errors import ExpressionError
 
-__all__ = ["FIELDS", "compile_where", "resolve_field"]
+__all__ = [
+    "FIELDS",
+    "closest_keys",
+    "compile_where",
+    "known_field",
+    "resolve_field",
+    "unknown_key",
+]
 
 FIELDS = ("id", "stage", "status", "dir", "started", "duration_s", "commit")
 _PREFIXES = ("config.", "metrics.")
@@ -167,9 +176,11 @@ class _Parser:
         if not isinstance(left, _Field) and not isinstance(right, _Field):
             fields = f"config.KEY, metrics.NAME, {', '.join(FIELDS)}"
             what = f"one side must be a field ({fields})"
-            close = _closest(start.text, self.keys)
+            close = closest_keys(start.text, self.keys)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise _error(self.expr, start.pos, f"{what}, found {start.text!r}{hint}")
+        if op in ("==", "=", "!="):
+            _check_status(self.expr, start.pos, left, right)
         compare = _OPS[op]
         return lambda r: _compare(_value(left, r), _value(right, r), compare)
 
@@ -184,7 +195,10 @@ class _Parser:
                 full = resolve_field(tok.text, self.keys)
             except ExpressionError as e:
                 raise _error(self.expr, tok.pos, str(e)) from None
-            return _Field(full) if full is not None else _word(tok.text)
+            value = _Field(full) if full is not None else _word(tok.text)
+            if isinstance(value, _Field) and self.keys and not known_field(value.name, self.keys):
+                raise _error(self.expr, tok.pos, unknown_key(value.name, self.keys))
+            return value
         raise self.fail("expected a field (config.KEY, metrics.NAME, status, ...) or a value")
 
 
@@ -255,8 +269,40 @@ def resolve_field(name: str, keys: Collection[str]) -> str | None:
     return found[0] if found else None
 
 
-def _closest(name: str, keys: Collection[str]) -> list[str]:
-    return difflib.get_close_matches(name, [k.split(".", 1)[1] for k in keys if "." in k], n=3)
+def known_field(name: str, keys: Collection[str]) -> bool:
+    """Whether ``name`` (a resolved field) is a base field or a key some run has."""
+    return name in FIELDS or name in keys
+
+
+def closest_keys(name: str, keys: Collection[str]) -> list[str]:
+    """Up to three fields or keys of ``keys`` closest to ``name``: full names, or short ones
+    (``lr``, as ``xp ls`` heads its columns) for a short ``name`` when they are unambiguous."""
+    short: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        if key.startswith(_PREFIXES):
+            short.setdefault(key.split(".", 1)[1], []).append(key)
+    prefixed = name.startswith(_PREFIXES)
+    bare = name.split(".", 1)[1] if prefixed else name
+    pool = [*short] if prefixed else [*short, *FIELDS]
+    close = []
+    for match in difflib.get_close_matches(bare, pool, n=3):
+        full = short.get(match, [match])
+        close += [match] if not prefixed and len(full) == 1 else full
+    return close[:3]
+
+
+def unknown_key(name: str, keys: Collection[str]) -> str:
+    """``no listed run has 'config.lrr'; closest: config.lr``."""
+    close = closest_keys(name, keys)
+    return f"no listed run has {name!r}" + (f"; closest: {', '.join(close)}" if close else "")
+
+
+def _check_status(expr: str, pos: int, left: Any, right: Any) -> None:
+    """``status == complted`` would (never) match, silently: name the statuses instead."""
+    for field, value in ((left, right), (right, left)):
+        if field == _Field("status") and isinstance(value, str) and value not in STATUSES:
+            what = f"status is one of {', '.join(STATUSES)}, not {value!r}"
+            raise _error(expr, pos, what)
 
 
 def compile_where(expr: str, keys: Collection[str] = ()) -> Test:

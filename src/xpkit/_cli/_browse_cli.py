@@ -355,7 +355,8 @@ def _code_line(src: Mapping[str, Any] | None) -> str:
     text = str(commit)[:12]
     if src.get("branch"):
         text += f" on {src['branch']}"
-    return text + (" (dirty)" if src.get("dirty") else "")
+    text += " (dirty)" if src.get("dirty") else ""
+    return text + (f"; {src['error']}" if src.get("error") else "")  # e.g. kept off run_logs
 
 
 def _data_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -463,7 +464,7 @@ def _data(out: _Out, a: Run, b: Run) -> None:
         before, after = _short_hash(c.before) or "(none)", _short_hash(c.after) or "(none)"
         out.line(f"  {c.name}: {before} -> {after}", style="yellow")
         if c.added is None:
-            out.line("    (no file manifests: only the hash is known to differ)")
+            out.line("    (no readable file manifests: only the hash is known to differ)")
             continue
         for mark, files, style in (("+", c.added, "green"), ("-", c.removed, "red")):
             for f in files or ():

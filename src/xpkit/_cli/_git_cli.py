@@ -9,9 +9,10 @@ from typing import Any
 import yaml
 
 from .._catalog._runs import resolve_run
+from .._core._lock import decode_lock
 from .._core._paths import RunPaths
 from .._core._settings import find_project_root
-from .._core._yaml import load_yaml
+from .._core._yaml import load_yaml, yaml_error_where
 from .._record._git import checkout
 from ..errors import LockError
 
@@ -40,15 +41,19 @@ def checkout_command(args: list[str]) -> int:
 
 
 def _snapshot_commit(run_dir: Path) -> str:
+    """``src.commit`` of the run's lock, read leniently: the rest of the lock may be damaged."""
     lock = RunPaths(run_dir).lock
     try:
-        data: Any = load_yaml(lock.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        msg = f"{lock}: cannot read: {e}"
+        data: Any = load_yaml(decode_lock(lock.read_bytes(), lock))
+    except OSError as e:
+        msg = f"{lock}: cannot read run.lock ({e.strerror or e})"
+        raise LockError(msg) from None
+    except yaml.YAMLError as e:
+        msg = f"{lock}: invalid YAML{yaml_error_where(e)}"
         raise LockError(msg) from None
     src = data.get("src") if isinstance(data, dict) else None
     commit = src.get("commit") if isinstance(src, dict) else None
-    if not isinstance(commit, str):
+    if not isinstance(commit, str) or not commit:
         why = src.get("error") if isinstance(src, dict) else None
         msg = f"{lock}: the run has no code snapshot (src.commit){f': {why}' if why else ''}"
         raise LockError(msg)

@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-__all__ = ["collect_env", "hostname"]
+__all__ = ["collect_env", "hostname", "pid_alive"]
 
 _SLURM_VARS = (
     "SLURM_JOB_ID",
@@ -29,6 +29,26 @@ def hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` of this host is alive; None where this cannot be asked.
+
+    Windows has no signal 0 (``os.kill`` would end the process): None there. A pid no
+    process can have (0 or less, beyond the kernel's range) is not alive: ``os.kill`` would
+    signal a process group, or fail.
+    """
+    if os.name == "nt":
+        return None
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def collect_env() -> dict[str, Any]:

@@ -11,24 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LockError, LockVersionError
+from ..errors import LockError
 from ._paths import atomic_write_text
+from ._schema import SCHEMA_VERSION, STATUSES, check_lock
 from ._yaml import YAMLError, dump_yaml, load_yaml, yaml_error_where
 
 __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "RunLock",
-    "dump_yaml",
+    "decode_lock",
     "load_lock",
-    "load_yaml",
     "new_run_id",
     "now",
     "write_lock",
 ]
-
-SCHEMA_VERSION = 1
-STATUSES = ("running", "completed", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -83,28 +80,10 @@ class RunLock:
 
         Raises:
             LockVersionError: the lock comes from a newer schema.
-            LockError: a required key is missing or has the wrong type.
+            LockError: a required key is missing, or a key (at any depth, upstream locks
+                included) has the wrong type; see :mod:`xpkit._core._schema`.
         """
-        version = data.get("xpkit")
-        if not isinstance(version, int):
-            msg = f"{source}: not a run.lock (no integer 'xpkit' schema version)"
-            raise LockError(msg)
-        if version > SCHEMA_VERSION:
-            msg = (
-                f"{source}: run.lock schema {version} is newer than this xpkit understands "
-                f"({SCHEMA_VERSION}); upgrade xpkit to read it"
-            )
-            raise LockVersionError(msg)
-        for key in ("id", "stage", "dir", "status"):
-            if not isinstance(data.get(key), str):
-                msg = f"{source}: run.lock key {key!r} is missing or not a string"
-                raise LockError(msg)
-        if data["status"] not in STATUSES:
-            msg = (
-                f"{source}: run.lock status {data['status']!r} is not one of {', '.join(STATUSES)}"
-            )
-            raise LockError(msg)
-        _check_types(data, source)
+        check_lock(data, source)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         known["argv"] = tuple(known.get("argv") or ())
@@ -114,29 +93,6 @@ class RunLock:
 
 
 _OPTIONAL = frozenset({"error", "src", "data", "upstream", "env", "metrics", "tasks"})
-_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "started": ((str,), "a string"),
-    "ended": ((str,), "a string"),
-    "duration_s": ((int, float), "a number"),
-    "pid": ((int,), "an integer"),
-    "host": ((str,), "a string"),
-    "argv": ((list,), "a list of strings"),
-    "config": ((dict,), "a mapping"),
-    **dict.fromkeys(_OPTIONAL, ((dict,), "a mapping")),
-}
-
-
-def _check_types(data: Mapping[str, Any], source: str) -> None:
-    for key, (kinds, what) in _KINDS.items():
-        value = data.get(key)
-        if value is None:
-            continue
-        bad = isinstance(value, bool) or not isinstance(value, kinds)
-        if key == "argv" and not bad:
-            bad = not all(isinstance(a, str) for a in value)
-        if bad:
-            msg = f"{source}: run.lock key {key!r} must be {what}, got {value!r:.80}"
-            raise LockError(msg)
 
 
 def new_run_id() -> str:
@@ -185,6 +141,20 @@ def _overwrite_in_place(path: Path, data: bytes) -> bool:
     return True
 
 
+def decode_lock(raw: bytes, path: Path) -> str:
+    """The text of a run.lock file read as ``raw`` bytes.
+
+    Raises:
+        LockError: the bytes are not UTF-8 (binary garbage, another encoding).
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+        msg = f"{path}: not a run.lock (not UTF-8 text: {where})"
+        raise LockError(msg) from None
+
+
 def load_lock(path: str | os.PathLike[str]) -> RunLock:
     """Read and validate a run.lock file (or the run.lock inside a run directory).
 
@@ -196,14 +166,14 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
     if p.is_dir():
         p = p / "run.lock"
     try:
-        text = p.read_text(encoding="utf-8")
+        text = decode_lock(p.read_bytes(), p)
     except OSError as e:
-        msg = f"{p}: cannot read run.lock ({e.strerror})"
+        msg = f"{p}: cannot read run.lock ({e.strerror or e})"
         raise LockError(msg) from None
     try:
         data = load_yaml(text)
     except YAMLError as e:
-        msg = f"invalid YAML in run.lock {p}{yaml_error_where(e)}"
+        msg = f"{p}: invalid YAML{yaml_error_where(e)}"
         raise LockError(msg) from None
     if not isinstance(data, dict):
         msg = f"{p}: not a run.lock (not a YAML mapping)"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._env import hostname, pid_alive
 
 __all__ = [
     "PACKAGE_DIR",
@@ -16,7 +20,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "display_path",
+    "is_write_temp",
     "point_latest",
+    "sweep_temps",
 ]
 
 
@@ -114,22 +120,85 @@ class RunPaths:
         return self.tasks / "slurm"
 
 
+# ``.<name>~<host>~<pid>~<thread>.tmp``: who writes it, so that a leftover can be judged
+_TEMP = re.compile(r"\.(?P<name>.+)~(?P<host>[^~/]*)~(?P<pid>[0-9]+)~[0-9a-f]+\.tmp")
+# the names of xpkit before the host was added: ``.<name>.<pid>.<thread>.tmp``
+_OLD_TEMP = re.compile(r"\..+\.[0-9]+\.[0-9a-f]+\.tmp")
+# a temp file untouched this long has no live writer, whoever made it (another host)
+_STALE_TEMP_S = 3600.0
+_swept: set[str] = set()  # directories whose leftovers this process removed already
+_swept_mutex = threading.Lock()
+
+
+def is_write_temp(name: str) -> bool:
+    """Whether a file name is the temporary file of an atomic write (:func:`atomic_path`).
+
+    Such a file is never a result: one left by a killed writer is neither listed
+    (``Run.files``) nor pushed; the next atomic write into its directory removes it.
+    """
+    return name.endswith(".tmp") and bool(_TEMP.fullmatch(name) or _OLD_TEMP.fullmatch(name))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path to write next to ``path``, moved onto it when the block succeeds.
 
     Readers see the old content or the new one, never a torn file. No fsync: it costs
     1-15 ms per file (three per run) and only matters on power loss, where ext4 and xfs
-    already flush a file replaced by rename.
+    already flush a file replaced by rename. The first write of a process into a directory
+    removes the temporary files killed writers left there (see :func:`sweep_temps`).
     """
-    # unique per process and thread: concurrent writers never share a temporary file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp")
+    _sweep_once(path.parent)
+    # unique per host, process and thread: concurrent writers never share a temporary file
+    tmp = path.with_name(f".{path.name}~{_host()}~{os.getpid()}~{threading.get_ident():x}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sweep_temps(directory: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes whose writer is dead; return them.
+
+    A writer is dead when its file names this host and a pid that is not alive, or when the
+    file was not modified for an hour (a writer on another host, or an older name).
+    """
+    try:
+        entries = [e for e in os.scandir(directory) if is_write_temp(e.name)]
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if _stale(entry):
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _stale(entry: os.DirEntry[str]) -> bool:
+    m = _TEMP.fullmatch(entry.name)
+    if m is not None and m["host"] == _host() and pid_alive(int(m["pid"])) is False:
+        return True
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_S
+    except OSError:
+        return False
+
+
+def _sweep_once(directory: Path) -> None:
+    key = os.path.abspath(directory)
+    with _swept_mutex:
+        if key in _swept:
+            return
+        _swept.add(key)
+    sweep_temps(directory)
+
+
+def _host() -> str:
+    return hostname().replace("~", "-").replace("/", "-")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

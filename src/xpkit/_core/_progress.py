@@ -3,6 +3,7 @@ and how long things take, as people read it."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import IO, Any
 
@@ -10,8 +11,8 @@ __all__ = ["ProgressBar", "duration_text"]
 
 
 def duration_text(seconds: float | None) -> str:
-    """``0.4s``, ``12.5s``, ``3m07s``, ``2h05m``; ``""`` for None."""
-    if seconds is None:
+    """``0.4s``, ``12.5s``, ``3m07s``, ``2h05m``; ``""`` for None (or no finite number)."""
+    if seconds is None or not math.isfinite(seconds):
         return ""
     if seconds < 60:
         return f"{seconds:.1f}s"

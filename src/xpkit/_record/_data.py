@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,6 +189,9 @@ def write_manifest(run_paths: RunPaths, name: str, manifest: dict[str, str]) -> 
 def load_manifest(run_dir: str | os.PathLike[str], name: str) -> dict[str, str] | None:
     """The manifest of data ``name`` in a run directory (relpath -> hash), None if absent.
 
+    Raises:
+        ValueError: the manifest is damaged (truncated, not gzip, corrupt), naming the file.
+
     Example:
         >>> added, removed, modified = diff_manifests(
         ...     load_manifest("results/prepare/a", "raw"), load_manifest("results/prepare/b", "raw")
@@ -198,6 +202,9 @@ def load_manifest(run_dir: str | os.PathLike[str], name: str) -> dict[str, str] 
         data = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
         return None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        msg = f"{path}: damaged manifest ({e})"
+        raise ValueError(msg) from None
     manifest: dict[str, str] = {}
     for line in data.decode("utf-8", "surrogateescape").splitlines():
         rel, _, hexdigest = line.rpartition("\t")

@@ -12,7 +12,9 @@ files that ``.gitignore`` does not ignore, deletions — to ``refs/heads/run_log
             (git add -A --ignore-errors when one cannot be added, e.g. a nested repo)
     tree    git write-tree; the same tree and HEAD as the branch tip: reuse the tip
     commit  git commit-tree --no-gpg-sign -p <tip> -p HEAD
-    swap    git update-ref refs/heads/run_logs <new> <tip>  (compare-and-swap, retried)
+    swap    git update-ref refs/heads/run_logs <new> <tip>  (compare-and-swap, retried;
+            a ref lock left by a killed git ends it at once: the commit stays off the
+            branch, and a warning names the file to remove)
     cache   os.replace(<tmp>, cache index): the next snapshot re-hashes only what changed
 
 Only the temporary and cache indexes (in ``<git dir>/xpkit/``), new objects and the snapshot
@@ -29,6 +31,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import subprocess
@@ -38,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._core._progress import duration_text
 from ..errors import GitError
 
 __all__ = [
@@ -81,6 +85,9 @@ _FALLBACK_IDENT = {
 }
 _CAS_ATTEMPTS = 50
 _STALE_TMP_S = 3600.0
+# git holds a ref lock for milliseconds (and waits core.filesRefLockTimeout for one): a lock
+# file older than this has no live writer
+_STALE_REF_LOCK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Snapshot:
     remote: str | None = None
     skipped: tuple[str, ...] = ()
     reused: bool = False
-    error: str | None = None
+    error: str | None = None  # no commit: why; with a commit: why it is not on the branch
 
 
 # -- running git ---------------------------------------------------------------------------
@@ -543,26 +550,60 @@ def _reusable(tip: _Commit | None, tree: str, head: _Commit | None) -> bool:
     return tip is not None and tip.tree == tree and (head is None or head.sha in tip.parents)
 
 
-def _publish(repo: _Repo, ref: str, tree: str, state: _State, message: str) -> tuple[str, bool]:
-    """Commit ``tree`` on top of the branch tip with compare-and-swap; return (sha, reused)."""
-    tip = state.tip
+@dataclass(frozen=True)
+class _Published:
+    sha: str
+    reused: bool = False
+    blocked: str = ""  # why the branch does not hold ``sha``: a stale ref lock; else ""
+
+
+def _publish(repo: _Repo, ref: str, tree: str, state: _State, message: str) -> _Published:
+    """Commit ``tree`` on top of the branch tip with compare-and-swap.
+
+    One commit per tip seen, not per attempt: a retry on the same tip reuses it. A ref lock
+    left by a killed git ends the attempts at once: the commit stays off the branch.
+    """
+    tip, base, new = state.tip, state.tip, ""
     for _ in range(_CAS_ATTEMPTS):
         if tip is not None and _reusable(tip, tree, state.head):
-            return tip.sha, True
-        parents = [c.sha for c in (tip, state.head) if c is not None]
-        new = _commit_tree(repo, tree, parents, message)
+            return _Published(tip.sha, reused=True)
+        if not new or tip != base:
+            parents = [c.sha for c in (tip, state.head) if c is not None]
+            new, base = _commit_tree(repo, tree, parents, message), tip
+        stale = _stale_lock(repo.common_dir / f"{ref}.lock")
+        if stale:  # update-ref would wait for it in vain
+            return _Published(new, blocked=stale)
         swap = _Call(
             repo.top, ["update-ref", "-m", "xpkit snapshot", ref, new, tip.sha if tip else ""]
         )
         try:
             swap.result()
-            return new, False
+            return _Published(new)
         except GitError as e:
             error = e
+        named = _LOCK_EXISTS.search(swap.stderr)
+        stale = _stale_lock(repo.top / named[1]) if named else ""
+        if stale:  # another lock file of the ref store (reftable, packed-refs)
+            return _Published(new, blocked=stale)
         _check_ref(repo, ref)
         time.sleep(random.uniform(0.001, 0.02))  # another process moved the branch: retry
         tip = _read_commits(repo, [ref])[0]
     raise error
+
+
+# git: "Unable to create '/repo/.git/refs/heads/run_logs.lock': File exists."
+_LOCK_EXISTS = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+
+
+def _stale_lock(path: Path) -> str:
+    """Why ``path`` is a lock file no live git holds (older than the bound), else ""."""
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except OSError:
+        return ""
+    if age_s < _STALE_REF_LOCK_S:
+        return ""  # git holds a ref lock for milliseconds: a young one may be live
+    return f"{path} is a stale lock left by a killed git {duration_text(age_s)} ago"
 
 
 def _check_ref(repo: _Repo, ref: str) -> None:
@@ -628,6 +669,8 @@ def snapshot(
         )
     if problems:
         _warn(f"code snapshot: some files could not be added:\n{problems}", logger)
+    if snap.commit and snap.error:  # a stale ref lock kept it off the branch
+        _warn(f"code snapshot {snap.commit[:12]} is {snap.error}: remove that file", logger)
     return snap
 
 
@@ -650,18 +693,20 @@ def _snapshot(root: Path, ref: str, message: str, options: _Options) -> tuple[Sn
     try:
         plan = _plan(repo, index, filters)
         tree, problems = _build_tree(repo, index, filters, plan)
-        commit, reused = _publish(repo, ref, tree, state, message)
+        published = _publish(repo, ref, tree, state, message)
         _keep_as_cache(index)
     finally:
         index.tmp.unlink(missing_ok=True)
+    branch = ref.removeprefix("refs/heads/")
     snap = Snapshot(
-        commit=commit,
+        commit=published.sha,
         head=state.head.sha if state.head else None,
         branch=state.branch,
         dirty=state.head is None or state.head.tree != tree,
         remote=state.remote,
         skipped=tuple(plan.skipped),
-        reused=reused,
+        reused=published.reused,
+        error=f"not on branch {branch!r}: {published.blocked}" if published.blocked else None,
     )
     return snap, problems
 
@@ -712,11 +757,24 @@ def checkout(root: StrPath, commit: str, dest: StrPath | None = None) -> Path:
     sha = _resolve_commit(repo, commit)
     target = Path(dest) if dest is not None else repo.top.parent / f"{repo.top.name}-{sha[:8]}"
     target = target.resolve()
-    if target.exists() and any(target.iterdir()):
-        msg = f"cannot check out {sha[:12]} into {target}: it exists and is not empty"
+    why = _occupied(target)
+    if why:
+        msg = f"cannot check out {sha[:12]} into {target}: {why}"
         raise GitError(msg)
     run_git(repo.top, ["worktree", "add", "--detach", str(target), sha])
     return target
+
+
+def _occupied(target: Path) -> str:
+    """Why a worktree cannot go to ``target`` ("" when it is free or an empty directory)."""
+    try:
+        if not target.exists():
+            return ""
+        if not target.is_dir():
+            return "it is a file, not a directory"
+        return "it exists and is not empty" if any(target.iterdir()) else ""
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
 
 
 def _resolve_commit(repo: _Repo, commit: str) -> str:

@@ -61,9 +61,9 @@ from typing import Any
 from .._catalog._run import Run
 from .._core._config import flatten
 from .._core._lock import RunLock
-from .._core._paths import RunPaths, atomic_write_text
+from .._core._paths import RunPaths, atomic_write_text, display_path
 from .._core._settings import Settings, load_settings
-from ..errors import missing_extra
+from ..errors import WriteError, missing_extra
 
 __all__ = [
     "STATUS",
@@ -168,8 +168,13 @@ def project_lock(settings: Settings) -> Iterator[None]:
         except ImportError:  # pragma: no cover - Windows: threads are still serialized
             yield
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a")  # noqa: SIM115 - closed by the with below
+        except OSError as e:  # a read-only or full results directory: say where, no traceback
+            msg = f"cannot sync into MLflow: cannot write {display_path(path)} ({e.strerror or e})"
+            raise WriteError(msg) from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             _lock_files[path] = f
             try:
