@@ -210,10 +210,16 @@ def test_a_killed_run_keeps_its_provenance(project: Path, phase: str) -> None:
 
 def test_a_kill_in_the_final_write_leaves_the_running_lock_whole(project: Path) -> None:
     """Killed between the final run.lock's temporary file and its rename: run.lock is the
-    last complete one (running, with every section), never a torn file."""
+    last complete one (running, with every section), never a torn file; the temporary file
+    left is never listed as one of the run's files."""
+    from xpkit import Run
+    from xpkit._core._paths import is_write_temp
+
     run = killed_run(project, "final-write")
     assert lock_of(run)["status"] == "running"
-    assert list(run.glob(".run.lock.*.tmp"))
+    left = [p for p in run.iterdir() if is_write_temp(p.name)]
+    assert left
+    assert not set(left) & set(Run(run).files())
 
 
 # --- a full disk, a read-only results directory -------------------------------------------
