@@ -21,7 +21,8 @@ from helpers import SRC
 from xpkit._core._lock import RunLock, load_lock, new_run_id, write_lock
 from xpkit._core._settings import clear_settings_cache
 from xpkit._record._git import snapshot
-from xpkit._share._store import hash_file, list_store, pull, push
+from xpkit._share._pull import pull
+from xpkit._share._store import hash_file, list_store, push
 from xpkit.errors import StoreError, UnsafePathError
 
 
@@ -173,7 +174,9 @@ def test_push_sends_only_what_the_store_lacks(
     assert (store / "runs" / train.id / "files" / "model.bin").read_bytes() == b"weights2"
 
     (a / "lib.py").write_text("VALUE = 3\n")
-    other = make_run(a, "results/train/t2", {"m": b"x"}, upstream={"prep": prep.to_dict()})
+    other = make_run(
+        a, "results/train/t2", {"m": b"x"}, upstream={"prep": prep.to_dict()}, stage="train"
+    )
     fourth = push([other.id], store=store)
     assert len(fourth.bundles) == 1
     meta = json.loads((store / "code" / f"{fourth.bundles[0]}.json").read_text())
@@ -273,14 +276,16 @@ def test_pull_link_symlinks_run_directories(
 def test_push_refuses_a_symlink_pointing_out_of_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A link inside a run directory is pushed as a link; one pointing outside is refused."""
+    """A link to a file of the run is pushed as that file (a store holds no links); one
+    pointing outside is refused."""
     a, _ = make_repo(tmp_path)
     monkeypatch.chdir(a)
     prep, _ = lineage(a)
     os.symlink("out.txt", a / prep.dir / "alias.txt")
     push([prep.id], store=tmp_path / "store")
     manifest = json.loads((tmp_path / "store" / "runs" / prep.id / "manifest.json").read_text())
-    assert manifest["files"]["alias.txt"] == {"link": "out.txt"}
+    assert manifest["files"]["alias.txt"] == manifest["files"]["out.txt"]
+    assert (tmp_path / "store" / "runs" / prep.id / "files" / "alias.txt").read_bytes() == b"rows\n"
     os.symlink("../../../lib.py", a / prep.dir / "escape.py")
     with pytest.raises(UnsafePathError, match=r"escape\.py"):
         push([prep.id], store=tmp_path / "store2")
@@ -424,8 +429,7 @@ def test_pull_refuses_a_file_that_fails_its_hash(
     monkeypatch.chdir(b)
     with pytest.raises(StoreError, match="does not match its hash"):
         pull(train.id, store=tmp_path / "store")
-    assert not (b / train.dir).exists()
-    assert [p.name for p in (b / train.dir).parent.iterdir()] == []
+    assert not (b / "results").exists(), "no run directory, no empty directory"
 
 
 def test_killed_push_is_completed_by_the_next_push(

@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "display_path",
+    "point_latest",
 ]
 
 
@@ -140,6 +141,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def point_latest(run_dir: Path) -> None:
+    """Point ``<run_dir.parent>/latest`` at ``run_dir.name``, atomically (a relative link).
+
+    Raises:
+        OSError: the link cannot be made (``latest`` is a directory, a read-only place...).
+    """
+    tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident():x}.{run_dir.name}"
+    try:
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, run_dir.parent / "latest")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def display_path(path: Path) -> str:
