@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,85 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
 
-from helpers import SRC
-from xpkit._core._lock import RunLock, load_lock, new_run_id, write_lock
+from helpers import SRC, clone, git, isolate, make_repo, make_run, tamper, tree, xp
+from xpkit._core._lock import RunLock, load_lock, new_run_id
 from xpkit._core._settings import clear_settings_cache
-from xpkit._record._git import snapshot
 from xpkit._share._pull import pull
 from xpkit._share._store import hash_file, list_store, push
 from xpkit.errors import StoreError, UnsafePathError
-
-
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, check=check, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def xp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xpkit", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def isolate(mp: pytest.MonkeyPatch) -> None:
-    """What conftest's per-test fixture does, for the module-scoped one below."""
-    for kind in ("AUTHOR", "COMMITTER"):
-        mp.setenv(f"GIT_{kind}_NAME", "Test")
-        mp.setenv(f"GIT_{kind}_EMAIL", "test@example.com")
-    mp.delenv("XPKIT_ROOT", raising=False)
-    clear_settings_cache()
-
-
-def make_repo(tmp_path: Path) -> tuple[Path, Path]:
-    """Repo A with one pushed commit on main, and its bare origin."""
-    origin, a = tmp_path / "origin.git", tmp_path / "A"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
-    git(tmp_path, "init", "-q", "-b", "main", str(a))
-    (a / ".gitignore").write_text("results/\n__pycache__/\n")
-    (a / "lib.py").write_text("VALUE = 1\n")
-    git(a, "add", "-A")
-    git(a, "commit", "-q", "-m", "init")
-    git(a, "remote", "add", "origin", str(origin))
-    git(a, "push", "-q", "origin", "main")
-    return a, origin
-
-
-def clone(origin: Path, dest: Path) -> Path:
-    git(origin.parent, "clone", "-q", str(origin), str(dest))
-    return dest
-
-
-def make_run(
-    root: Path,
-    rel: str,
-    files: dict[str, bytes],
-    *,
-    upstream: dict[str, Any] | None = None,
-    stage: str = "prepare",
-) -> RunLock:
-    """A run directory made by hand, with a real code snapshot of ``root``."""
-    run_dir = root / rel
-    for name, data in files.items():
-        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / name).write_bytes(data)
-    snap = snapshot(root, message=f"xpkit: {stage} {rel}")
-    lock = RunLock(
-        id=new_run_id(),
-        stage=stage,
-        dir=rel,
-        status="completed",
-        started="2026-01-02T03:04:05+00:00",
-        src={"commit": snap.commit, "head": snap.head, "dirty": snap.dirty},
-        upstream=upstream,
-    )
-    write_lock(run_dir / "run.lock", lock)
-    return lock
 
 
 def lineage(root: Path) -> tuple[RunLock, RunLock]:
@@ -108,12 +34,6 @@ def lineage(root: Path) -> tuple[RunLock, RunLock]:
         stage="train",
     )
     return prep, train
-
-
-def tree(top: Path) -> dict[str, str]:
-    return {
-        p.relative_to(top).as_posix(): hash_file(p) for p in sorted(top.rglob("*")) if p.is_file()
-    }
 
 
 def test_pull_brings_lineage_and_code_into_a_fresh_clone(
@@ -305,16 +225,6 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return prep, train, clone(origin, tmp / "B"), tmp / "store"
 
 
-def tamper(store: Path, run_id: str, change: Any) -> None:
-    """Rewrite a stored run's manifest (and its COMPLETE marker, so that it looks whole)."""
-    path = store / "runs" / run_id / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest, store / "runs" / run_id)
-    data = json.dumps(manifest).encode()
-    path.write_bytes(data)
-    (path.parent / "COMPLETE").write_text(f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}\n")
-
-
 def _file_entry(name: str, data: bytes) -> Any:
     def change(manifest: dict[str, Any], run_dir: Path) -> None:
         manifest["files"][name] = {"size": len(data), "hash": f"xxh3_128:{'0' * 32}"}
@@ -467,35 +377,6 @@ def test_killed_push_is_completed_by_the_next_push(
     assert stored == {k: e["hash"] for k, e in manifest["files"].items() if "hash" in e}
     assert stored == tree(a / run.dir)
     assert [r.complete for r in list_store(store)] == [True]
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Any:
-    """A local S3-compatible server (moto) on a free port of 127.0.0.1; yields its endpoint."""
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket; botocore (under s3fs) finds the server through AWS_ENDPOINT_URL."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"xpkit-{new_run_id()}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/team/store"
 
 
 def test_s3_store_round_trip_of_a_hand_made_lineage(

@@ -208,21 +208,34 @@ def _hash(path: Path) -> str:
     return f"xxh3_128:{h.hexdigest()}"
 
 
-def check_code(root: Path, store: Store, commits: Mapping[str, str]) -> None:
-    """Refuse a pull whose code the store names but cannot give (a bundle without its file).
+def check_code(root: Path, store: Store, codes: Mapping[str, Mapping[str, str | None]]) -> None:
+    """Refuse a pull whose code the store names but cannot give.
+
+    Args:
+        codes: run id → the ``code`` of its manifest (``commit``, ``bundle``).
 
     Raises:
-        StoreError: a bundle holding a needed commit, or one it builds on, lacks its file.
+        StoreError: the bundle a run names is missing, or a bundle holding a needed commit
+            (or one it builds on) lacks its file.
     """
     bundles = _bundles(store, whole=False)
     keys = store.sizes(_CODE)
+    names = {b.name: b for b in bundles}
     by_commit = {c: b for b in bundles for c in b.refs.values()}
-    todo = [c for c in commits.values() if not _has_commit(root, c)]
+    todo = []
+    for run_id, code in codes.items():
+        commit, name = str(code["commit"]), code.get("bundle")
+        if _has_commit(root, commit):
+            continue
+        if name not in names:
+            msg = f"code bundle {name} of run {run_id} is missing from store {store.url}"
+            raise StoreError(msg)
+        todo.append(commit)
     seen: set[str] = set()
     while todo:
         bundle = by_commit.get(todo.pop())
         if bundle is None or bundle.name in seen:
-            continue  # named by no bundle: reported as missing by pull_code
+            continue  # an inner commit: pull_code finds it in an earlier bundle, or says so
         seen.add(bundle.name)
         if bundle.file not in keys:
             msg = (

@@ -140,7 +140,7 @@ def pull(
     commits = {p.id: p.manifest["code"]["commit"] for p in runs if p.manifest.get("code")}
     git = bool(commits) and has_git(settings.root)
     if git:
-        check_code(settings.root, st, commits)
+        check_code(settings.root, st, {p.id: p.manifest["code"] for p in runs if p.id in commits})
     elif commits:
         report.warnings.append(f"{settings.root} is not a git repository: code not pulled")
     with ProgressBar("pull", total=0, enabled=progress, in_bytes=True) as bar:

@@ -27,6 +27,7 @@ run): a store holds no links, and a pull never makes one on a store's say-so. Th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -83,7 +84,7 @@ class StoredRun:
     bytes: int
     files: int
     complete: bool
-    inputs: str = "none"  # "stored", "missing N", "none" (no inputs), "unknown" (old push)
+    inputs: str = "none"  # of its whole lineage: "stored", "missing N", "none", "unknown"
     input_bytes: int = 0
 
 
@@ -427,13 +428,18 @@ def _check_link(path: Path, top: Path, rel: str, *, what: str) -> None:
 # --------------------------------------------------------------------------- ls
 
 
-def _stored_run(
-    run_id: str, data: bytes | None, *, complete: bool, objects: Mapping[str, int]
-) -> StoredRun:
+def _parse_stored(data: bytes | None) -> Mapping[str, Any] | None:
     try:
         m = json.loads(data or b"")
-        files = sum(1 for e in m["files"].values() if "hash" in e)
-        inputs, input_bytes = _inputs_state(m, run_id, objects)
+    except ValueError:
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def _stored_run(run_id: str, m: Mapping[str, Any] | None, *, complete: bool) -> StoredRun:
+    if m is None:
+        return StoredRun(run_id, "?", "?", "", "?", 0, 0, complete=False, inputs="unknown")
+    try:
         return StoredRun(
             id=run_id,
             stage=str(m.get("stage")),
@@ -441,33 +447,49 @@ def _stored_run(
             started=str(m.get("started") or ""),
             status=str(m.get("status")),
             bytes=int(m.get("bytes") or 0),
-            files=files,
+            files=sum(1 for e in m["files"].values() if isinstance(e, dict) and "hash" in e),
             complete=complete,
-            inputs=inputs,
-            input_bytes=input_bytes,
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return StoredRun(run_id, "?", "?", "", "?", 0, 0, complete=False, inputs="unknown")
 
 
-def _inputs_state(m: Mapping[str, Any], run_id: str, objects: Mapping[str, int]) -> tuple[str, int]:
-    """Whether a stored run's inputs are in the store (``stored``, ``missing N``...), and bytes."""
-    if "inputs" not in m:
-        return "unknown", 0
-    try:
-        files = expand(m["inputs"], run_id)
-    except (StoreError, UnsafePathError):
-        return "invalid", 0
+def _inputs_state(
+    run_id: str, manifests: Mapping[str, Mapping[str, Any] | None], objects: Mapping[str, int]
+) -> tuple[str, int]:
+    """Whether the inputs of a stored run's lineage are in the store, and their recorded size.
+
+    ``stored``, ``missing N`` (files), ``none`` (no inputs), ``unknown`` (a run of the lineage
+    was pushed by an older xpkit, or is not in the store), ``invalid``.
+    """
+    files: dict[str, Any] = {}
+    sizes: dict[str, int] = {}  # data hash -> bytes: the same input read twice counts once
+    todo, seen = [run_id], set()
+    while todo:
+        rid = todo.pop()
+        m = manifests.get(rid)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        if m is None or not isinstance(m.get("inputs"), dict):
+            return "unknown", 0
+        try:
+            files.update((f.hash, f) for f in expand(m["inputs"], rid))
+            sizes.update((e["hash"], int(e.get("bytes") or 0)) for e in m["inputs"].values())
+        except (StoreError, UnsafePathError, TypeError, ValueError, AttributeError):
+            return "invalid", 0
+        todo += [u for u in m.get("upstream") or () if isinstance(u, str)]
     if not files:
         return "none", 0
-    unique = {f.hash: f for f in files}
-    missing = [h for h, f in unique.items() if f.key[len(DATA) + 1 :] not in objects]
-    size = sum(int(e.get("bytes") or 0) for e in m["inputs"].values())  # as recorded
-    return (f"missing {len(missing)}" if missing else "stored"), size
+    missing = [f for f in files.values() if f.key[len(DATA) + 1 :] not in objects]
+    return (f"missing {len(missing)}" if missing else "stored"), sum(sizes.values())
 
 
 def list_store(store: str | os.PathLike[str] | None = None) -> list[StoredRun]:
     """What a store holds: one record per run, oldest first.
+
+    ``inputs`` tells whether the input files of the run's whole lineage are in the store
+    (``push --data``); ``input_bytes`` is their size as the runs recorded it.
 
     Example:
         >>> [r.id for r in xp.list_store("/shared/xp-store") if r.complete]  # doctest: +SKIP
@@ -475,9 +497,19 @@ def list_store(store: str | os.PathLike[str] | None = None) -> list[StoredRun]:
     settings = load_settings()
     st = open_store(store, settings)
     objects = st.sizes(DATA)
-    runs = []
+    manifests: dict[str, Mapping[str, Any] | None] = {}
+    complete: dict[str, bool] = {}
     for run_id in st.children("runs"):
         data = st.read_bytes(run_key(run_id, "manifest.json"))
-        complete = data is not None and st.read_bytes(run_key(run_id, "COMPLETE")) == marker(data)
-        runs.append(_stored_run(run_id, data, complete=complete, objects=objects))
+        manifests[run_id] = _parse_stored(data)
+        complete[run_id] = data is not None and st.read_bytes(
+            run_key(run_id, "COMPLETE")
+        ) == marker(data)
+    runs = []
+    for run_id, m in manifests.items():
+        run = _stored_run(run_id, m, complete=complete[run_id])
+        if m is not None:
+            inputs, size = _inputs_state(run_id, manifests, objects)
+            run = dataclasses.replace(run, inputs=inputs, input_bytes=size)
+        runs.append(run)
     return sorted(runs, key=lambda r: (r.started, r.id))
