@@ -498,3 +498,48 @@ def test_real_pipeline_round_trip(
     assert new_model.parent.parent == b / "results" / "train"
     assert hash_file(new_model) == hash_file(train_run.dir / "model.txt")
     print(f"{kind}: push {push_s:.2f} s, pull {pull_s:.2f} s (2 runs)")
+
+
+def test_three_concurrent_pushes_of_a_stage_make_one_consistent_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three `xp push results/stage` at once all succeed, write one bundle, leave no temporary
+    file, and a clone pulls every run verified."""
+    a, origin = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    shards = [{f"shard/{j:03d}.bin": os.urandom(8192) for j in range(200)} for _ in range(3)]
+    runs = [make_run(a, f"results/big/r{i}", files, stage="big") for i, files in enumerate(shards)]
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "xpkit", "push", "results/big", "--store", str(store)]
+    procs = [
+        subprocess.Popen(cmd, cwd=a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outcomes = [(p.communicate()[1], p.returncode) for p in procs]
+    assert outcomes == [(b"", 0)] * 3
+    assert len(list((store / "code").glob("*.json"))) == 1
+    assert list((store / "tmp").iterdir()) == []
+    assert {r.id for r in list_store(store) if r.complete} == {r.id for r in runs}
+
+    b = clone(origin, tmp_path / "B")
+    monkeypatch.chdir(b)
+    for run in runs:
+        assert [r["state"] for r in pull(run.id, store=store).runs] == ["copied"]
+        assert tree(b / run.dir) == tree(a / run.dir)
+
+
+def test_push_never_writes_through_a_symlink_in_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose run entry is a symlink pointing elsewhere is refused; nothing lands there."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    prep, _ = lineage(a)
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    (store / "runs" / prep.id).mkdir(parents=True)
+    elsewhere.mkdir()
+    (store / "runs" / prep.id / "files").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"files is a symlink: refusing to go through it"):
+        push([prep.id], store=store)
+    assert list(elsewhere.iterdir()) == []

@@ -50,7 +50,7 @@ def push_command(argv: list[str]) -> int:
     if report.inputs is not None:
         sent = report.inputs
         print(
-            f"inputs: {sent.sent_files} files, {_size(sent.sent_bytes)} sent, "
+            f"inputs: {_count(sent.sent_files, 'file')}, {_size(sent.sent_bytes)} sent, "
             f"{sent.stored_files} already stored"
         )
         for line in sent.skipped:
@@ -147,6 +147,10 @@ def _ls_row(r: dict[str, Any]) -> tuple[str, ...]:
     )
     size = _size(r["bytes"])
     return (r["id"], r["stage"], r["dir"], started, size, str(r["files"]), complete, inputs)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _size(n: int) -> str:
