@@ -198,3 +198,27 @@ def test_store_ls_json_lists_input_state(tmp_path: Path, monkeypatch: pytest.Mon
     rows = json.loads(xp(a, "store", "ls", "--store", str(store), "--format", "json").stdout)
     size = (a / "data" / "houses.csv").stat().st_size
     assert [(r["inputs"], r["input_bytes"]) for r in rows] == [("stored", size)]
+
+
+def test_push_data_reports_inputs_outside_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data path outside the project is reported and skipped; the run is pushed all the same."""
+    from helpers import make_run
+
+    a, _ = make_repo(tmp_path)
+    outside = tmp_path / "shared-data.csv"
+    outside.write_text("1,2\n")
+    monkeypatch.chdir(a)
+    entry = {**_hash_record(outside), "path": outside.as_posix()}
+    run = make_run(a, "results/prepare/p1", {"out.txt": b"x"}, data={"raw": entry})
+    report = push([run.id], store=tmp_path / "store", data=True)
+    assert report.inputs is not None
+    assert report.inputs.skipped == [f"{outside.as_posix()}: outside the project; not pushed"]
+    assert [r["state"] for r in report.runs] == ["sent"]
+
+
+def _hash_record(path: Path) -> dict[str, object]:
+    from xpkit._record._hashing import hash_path
+
+    return hash_path(path).to_lock()

@@ -212,6 +212,14 @@ def _input_file_hash(inputs: dict[str, Any]) -> None:
     inputs["images"]["files"]["a.png"] = inputs["raw"]["hash"]
 
 
+def _store_object_link(c: Ctx) -> None:
+    """The stored raw data replaced by a symlink to a file elsewhere with the same bytes."""
+    path = c.store / _raw_key(c)
+    (c.elsewhere / "raw").write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(c.elsewhere / "raw")
+
+
 def _different_local_input(c: Ctx) -> None:
     (c.clone / "data").mkdir()
     (c.clone / "data" / "raw.csv").write_text("mine\n")
@@ -281,6 +289,11 @@ ATTACKS: dict[str, tuple[Callable[[Ctx], None], str, dict[str, bool]]] = {
     "input-differs-here": (
         _different_local_input, r"input data/raw\.csv exists here and differs .* --force",
         {"data": True}),
+    "input-object-is-a-store-symlink": (
+        _store_object_link, r"data/\w+/\w+ is a symlink: refusing to go through", {"data": True}),
+    "input-object-is-a-store-symlink-with-link": (
+        _store_object_link, r"data/\w+/\w+ is a symlink: refusing to go through",
+        {"data": True, "link": True}),
     "input-parent-is-a-clone-symlink": (
         _clone_link("data"), r"data is a symlink: refusing to write through it",
         {"data": True}),

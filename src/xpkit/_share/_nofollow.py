@@ -158,19 +158,16 @@ def walk(top: Path, rel: str | Sequence[str] = ()) -> Iterator[Walked]:
 
     Nothing is yielded when ``top/rel`` is missing.
     """
-    try:
-        ctx = open_dir(top, rel)
-        fd = ctx.__enter__()
-    except FileNotFoundError:
-        return
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            fd = stack.enter_context(open_dir(top, rel))
+        except FileNotFoundError:
+            return
         for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=fd):
             prefix = "" if dirpath == "." else f"{dirpath[2:]}/"
             # fwalk lists a link to a directory among dirnames (and does not enter it)
             for name in [*dirnames, *filenames]:
                 yield (f"{prefix}{name}", *_kind(dfd, name))
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def _kind(dfd: int, name: str) -> tuple[str, int]:

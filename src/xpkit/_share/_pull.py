@@ -92,6 +92,7 @@ class _InputPlan:
     file: InputFile
     action: str  # fetch | link | present
     size: int
+    replace: bool = False  # a different file is there (--force)
 
 
 def pull(
@@ -132,7 +133,7 @@ def pull(
     t0 = time.monotonic()
     settings = load_settings()
     st = open_store(store, settings)
-    if link and _local_dir(st, "runs") is None:
+    if link and not st.local:
         msg = f"--link needs a store on a filesystem, not {st.url}; pull without --link to copy"
         raise StoreError(msg)
     report = PullReport()
@@ -161,31 +162,29 @@ def pull(
     return report
 
 
-def _local_dir(st: Store, key: str) -> Path | None:
-    try:
-        return st.local_dir(key)
-    except FileNotFoundError:
-        return Path(key)  # a filesystem store without runs yet: not remote
-    except (OSError, StoreError):
-        return None
-
-
 # --------------------------------------------------------------------------- plan
 
 
 def _plan(
-    st: Store, settings: Settings, run: str, *, link: bool, data: bool, force: bool,
+    st: Store,
+    settings: Settings,
+    run: str,
+    *,
+    link: bool,
+    data: bool,
+    force: bool,
     report: PullReport,
-) -> tuple[list[_RunPlan], list[_InputPlan]]:  # fmt: skip
+) -> tuple[list[_RunPlan], list[_InputPlan]]:
     """Check everything the store says and decide what to do; writes nothing."""
     results = results_rel(settings)
     manifests = _stored_lineage(st, _match(st, run))
-    runs = [_plan_run(st, settings, m, results=results, link=link) for m in manifests]
+    runs = [_plan_run(st, settings, m, results=results) for m in manifests]
     inputs: list[_InputPlan] = []
     if data:
         files = _lineage_inputs(manifests, report)
-        inputs = _plan_inputs(st, settings, files, results=results, link=link, force=force,
-                              report=report)  # fmt: skip
+        inputs = _plan_inputs(
+            st, settings, files, results=results, link=link, force=force, report=report
+        )
     return runs, inputs
 
 
@@ -268,7 +267,7 @@ def _check_entry(entry: Any, rel: str, *, what: str) -> None:
 
 
 def _plan_run(
-    st: Store, settings: Settings, manifest: Mapping[str, Any], *, results: str, link: bool
+    st: Store, settings: Settings, manifest: Mapping[str, Any], *, results: str
 ) -> _RunPlan:
     """What to do with one run; checks its stored run.lock; writes nothing."""
     run_id, rel = str(manifest["id"]), manifest["dir"]
@@ -385,13 +384,22 @@ def _lineage_inputs(manifests: Sequence[Mapping[str, Any]], report: PullReport) 
 
 
 def _plan_inputs(
-    st: Store, settings: Settings, files: Sequence[InputFile], *, results: str, link: bool,
-    force: bool, report: PullReport,
-) -> list[_InputPlan]:  # fmt: skip
-    objects = st.sizes(DATA)
+    st: Store,
+    settings: Settings,
+    files: Sequence[InputFile],
+    *,
+    results: str,
+    link: bool,
+    force: bool,
+    report: PullReport,
+) -> list[_InputPlan]:
+    objects, strays = st.sizes(DATA), set(st.strays(DATA))
     wanted = []
     for f in files:
         reason = restorable(f.path, results=results)
+        if reason is None and f.key[len(DATA) + 1 :] in strays:
+            msg = f"{st.url}/{f.key} is a symlink: refusing to go through it (input {f.path})"
+            raise UnsafePathError(msg)
         if reason is None and f.key[len(DATA) + 1 :] not in objects:
             reason = "not in the store (push it with --data)"
         if reason is not None:
@@ -405,7 +413,8 @@ def _plan_inputs(
             report.skipped_inputs.append(f"{f.path}: not ignored by git (part of the code)")
             continue
         action = _input_action(settings, f, link=link, force=force)
-        plans.append(_InputPlan(f, action, objects[f.key[len(DATA) + 1 :]]))
+        there = os.path.lexists(settings.root / f.path)
+        plans.append(_InputPlan(f, action, objects[f.key[len(DATA) + 1 :]], replace=there))
     return plans
 
 
@@ -413,16 +422,16 @@ def _input_action(settings: Settings, f: InputFile, *, link: bool, force: bool) 
     """fetch, link or present; refuses a different existing file (unless ``force``)."""
     from .._record._hashing import hash_path
 
-    _check_parents(settings.root, f.path)
     local = settings.root / f.path
-    if not (local.exists() or local.is_symlink()):
-        return "link" if link else "fetch"
     try:
         current = hash_path(local).hash if local.is_file() else None
     except DataError:
         current = None
     if current == f.hash:
-        return "present"
+        return "present"  # read through the user's links if need be: nothing to write
+    _check_parents(settings.root, f.path)
+    if not (local.exists() or local.is_symlink()):
+        return "link" if link else "fetch"
     if not force:
         msg = (
             f"input {f.path} exists here and differs from the version run {f.run} read "
@@ -512,7 +521,7 @@ class _Staging:
         key = run_key(plan.id, "files")
         source = self.st.local_dir(key)
         assert source is not None
-        found = {rel: (kind, size) for rel, kind, size in self.st.entries(key)}  # type: ignore[attr-defined]  # a LocalStore: link checked it
+        found = {rel: (kind, size) for rel, kind, size in self.st.entries(key)}
         for rel, (kind, size) in found.items():
             if kind == "link":
                 msg = f"{rel} in the store's copy of run {plan.id} is a symlink; --link refuses it"
@@ -567,7 +576,7 @@ class _Staging:
             raise StoreError(msg)
         *parent, local_name = p.file.path.split("/")
         make_dirs(self.settings.root, parent, self.created)
-        self.moves.append(lambda: self._place_input_link(parent, local_name, source / name))
+        self.moves.append(lambda: self._place_input_link(parent, local_name, source / name, p))
 
     # ------------------------------------------------------------------ commit / rollback
 
@@ -597,12 +606,16 @@ class _Staging:
 
     def _place_input(self, parent: list[str], tmp_name: str, name: str, p: _InputPlan) -> None:
         with open_dir(self.settings.root, parent) as fd:
-            os.replace(tmp_name, name, src_dir_fd=fd, dst_dir_fd=fd)  # --force was checked
+            if not p.replace:
+                _absent(fd, name, p.file.path)
+            os.replace(tmp_name, name, src_dir_fd=fd, dst_dir_fd=fd)
         self.staged.remove(self.settings.root.joinpath(*parent, tmp_name))
 
-    def _place_input_link(self, parent: list[str], name: str, source: Path) -> None:
+    def _place_input_link(self, parent: list[str], name: str, source: Path, p: _InputPlan) -> None:
         tmp_name = f".{name}.{secrets.token_hex(4)}{_PULLING}"
         with open_dir(self.settings.root, parent) as fd:
+            if not p.replace:
+                _absent(fd, name, p.file.path)
             os.symlink(source, tmp_name, dir_fd=fd)
             os.replace(tmp_name, name, src_dir_fd=fd, dst_dir_fd=fd)
 
@@ -620,14 +633,26 @@ def _absent(fd: int, name: str, shown: str) -> None:
 
 
 def _finish(
-    settings: Settings, runs: Sequence[_RunPlan], inputs: Sequence[_InputPlan],
-    report: PullReport, *, link: bool, data: bool,
-) -> None:  # fmt: skip
+    settings: Settings,
+    runs: Sequence[_RunPlan],
+    inputs: Sequence[_InputPlan],
+    report: PullReport,
+    *,
+    link: bool,
+    data: bool,
+) -> None:
     fetched = "linked" if link else "copied"
     for plan in runs:
         state = fetched if plan.action == "fetch" else plan.action
-        report.runs.append({"id": plan.id, "stage": plan.stage, "dir": plan.manifest["dir"],
-                            "state": state, "differing": list(plan.differing)})  # fmt: skip
+        report.runs.append(
+            {
+                "id": plan.id,
+                "stage": plan.stage,
+                "dir": plan.manifest["dir"],
+                "state": state,
+                "differing": list(plan.differing),
+            }
+        )
     if report.code is not None and report.code.missing:
         report.warnings.append(f"code commits not in the store: {', '.join(report.code.missing)}")
     report.latest = _set_latest(settings, runs, report)

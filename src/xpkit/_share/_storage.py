@@ -141,6 +141,10 @@ class Store(Protocol):
     def url(self) -> str:
         """Where the store is, as the user named it."""
 
+    @property
+    def local(self) -> bool:
+        """Whether the store is a directory of this machine (it can be linked to)."""
+
     def read_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when it does not exist."""
 
@@ -162,6 +166,9 @@ class Store(Protocol):
 
     def strays(self, prefix: str) -> list[str]:
         """Keys below ``prefix`` that are neither files nor directories (symlinks...)."""
+
+    def entries(self, prefix: str) -> list[Walked]:
+        """Every entry below ``prefix``: ``(relpath, kind, size)``, links reported as links."""
 
     def children(self, prefix: str) -> list[str]:
         """Names of the immediate sub-directories of ``prefix``."""
@@ -203,6 +210,10 @@ class LocalStore:
     def url(self) -> str:
         return str(self.root)
 
+    @property
+    def local(self) -> bool:
+        return True
+
     def _split(self, key: str) -> tuple[list[str], str]:
         *parent, name = safe_relpath(key, what="a store key").split("/")
         return parent, name
@@ -231,7 +242,7 @@ class LocalStore:
         return digest
 
     @contextlib.contextmanager
-    def _writing(self, key: str, *, keep: Callable[[], bool] = bool) -> Iterator[BinaryIO]:
+    def _writing(self, key: str, *, keep: Callable[[], bool] | None = None) -> Iterator[BinaryIO]:
         """A new temporary file in ``tmp/``, renamed onto ``key`` when the block succeeds."""
         parent, name = self._split(key)
         tmp = _tmp_name()
@@ -241,7 +252,7 @@ class LocalStore:
             try:
                 with create_file(self.root, f"{_TMP}/{tmp}") as f:
                     yield f
-                if keep() if keep is not bool else True:
+                if keep is None or keep():
                     with open_dir(self.root, parent, created=[]) as dst_fd:
                         os.replace(tmp, name, src_dir_fd=tmp_fd, dst_dir_fd=dst_fd)
                     published = True
@@ -257,7 +268,6 @@ class LocalStore:
         return [rel for rel, kind, _ in walk(self.root, prefix) if kind in ("link", "other")]
 
     def entries(self, prefix: str) -> list[Walked]:
-        """Every entry below ``prefix``, links and odd files included."""
         return list(walk(self.root, prefix))
 
     def children(self, prefix: str) -> list[str]:
@@ -305,6 +315,7 @@ class FsspecStore:
         self.base = base.rstrip("/")
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         self._atomic_put = bool(_ATOMIC_PUT.intersection(protocols))
+        self.local = False
         fs.invalidate_cache()
 
     def _path(self, key: str) -> str:
@@ -336,16 +347,15 @@ class FsspecStore:
         return digest
 
     def _publish(
-        self, key: str, write: Callable[[str], None], *, keep: Callable[[], bool] = bool
+        self, key: str, write: Callable[[str], None], *, keep: Callable[[], bool] | None = None
     ) -> None:
+        """Write through ``write``; keep the object only when ``keep()`` says so."""
         path = self._path(key)
         target = path if self._atomic_put else f"{self.base}/{_TMP}/{_tmp_name()}"
+        kept = False
         try:
             write(target)
-            kept = keep() if keep is not bool else True
-        except BaseException:
-            kept = False
-            raise
+            kept = keep is None or keep()
         finally:
             if not kept:
                 with contextlib.suppress(FileNotFoundError):
@@ -383,7 +393,10 @@ class FsspecStore:
                 self.fs.rm_file(self._path(key))
 
     def strays(self, prefix: str) -> list[str]:
-        return []
+        return []  # object stores have no links
+
+    def entries(self, prefix: str) -> list[Walked]:
+        return [(rel, "file", size) for rel, size in self.sizes(prefix).items()]
 
     def local_dir(self, key: str) -> Path | None:
         return None
