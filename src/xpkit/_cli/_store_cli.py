@@ -94,10 +94,10 @@ def _print_pull(report: PullReport) -> None:
             f": {len(differing)} paths differ ({', '.join(differing[:3])})" if differing else ""
         )
         print(f"{row['id']}  {row['stage']:<12} {row['dir']}  {row['state']}{detail}")
-    if report.code is not None:
+    if report.code is not None and report.code.fetched:
         moved = report.code.branch_updated
         print(
-            f"code: {len(report.code.fetched)} bundles fetched"
+            f"code: {_count(len(report.code.fetched), 'bundle')} fetched"
             + (f", branch at {moved[:12]}" if moved else "")
         )
     if report.inputs:

@@ -64,7 +64,7 @@ class PullReport:
     inputs: dict[str, int] = field(default_factory=dict)  # restored, linked, present, bytes
     skipped_inputs: list[str] = field(default_factory=list)  # "path: reason"
     latest: list[str] = field(default_factory=list)  # the latest links set
-    rerun: list[str] = field(default_factory=list)  # how to run each pulled stage again
+    rerun: list[str] = field(default_factory=list)  # how to run each stage brought again
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 
@@ -656,7 +656,7 @@ def _finish(
     if report.code is not None and report.code.missing:
         report.warnings.append(f"code commits not in the store: {', '.join(report.code.missing)}")
     report.latest = _set_latest(settings, runs, report)
-    report.rerun = [_rerun_hint(plan) for plan in runs]
+    report.rerun = [_rerun_hint(plan) for plan in runs if plan.action == "fetch"]
     report.inputs = _counts(inputs, link=link) if data else {}
 
 

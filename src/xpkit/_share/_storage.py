@@ -250,7 +250,8 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)  # the root the user named: links followed
         with open_dir(self.root, _TMP, created=[]) as tmp_fd:
             try:
-                with create_file(self.root, f"{_TMP}/{tmp}") as f:
+                # read-only: a --link into the store must not let an edit change stored bytes
+                with create_file(self.root, f"{_TMP}/{tmp}", mode=0o444) as f:
                     yield f
                 if keep is None or keep():
                     with open_dir(self.root, parent, created=[]) as dst_fd:
