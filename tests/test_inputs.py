@@ -80,13 +80,13 @@ def test_fresh_clone_pulls_train_with_its_inputs_and_runs_the_pipeline(
 
     script(b, "train.py")  # default upstream: results/prepare/latest, the pulled run
     train_b = load_lock(latest(b, "train"))
-    assert train_b.upstream["prep"]["id"] == prep_a.id  # type: ignore[index]
+    assert train_b.upstream["prep"]["id"] == prep_a.id
     model = "model.json"
     assert (latest(b, "train") / model).read_bytes() == (a / train_a.dir / model).read_bytes()
     script(b, "prepare.py")
     prep_b = load_lock(latest(b, "prepare"))
     assert prep_b.id != prep_a.id
-    assert prep_b.data["raw"]["hash"] == prep_a.data["raw"]["hash"]  # type: ignore[index]
+    assert prep_b.data["raw"]["hash"] == prep_a.data["raw"]["hash"]
 
 
 def test_push_data_sends_each_version_once_and_never_a_changed_file(

@@ -392,4 +392,4 @@ def test_pull_skips_inputs_a_project_keeps_as_code(
     for path in ("tests", ".venv", "pkg", "lib.csv", ".git/hooks/post-checkout"):
         assert not (b / path).exists(), path
     assert (b / "data" / "raw.csv").read_text() == "x,y\n1,2\n"
-    assert hash_path(b / "data" / "images").hash == pushed.prep.data["images"]["hash"]  # type: ignore[index]
+    assert hash_path(b / "data" / "images").hash == pushed.prep.data["images"]["hash"]

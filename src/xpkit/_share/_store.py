@@ -345,12 +345,11 @@ def _send(
     todo = [k for k, e in files.items() if kept.get(k) != e["size"]]
     bar.grow(sum(files[k]["size"] for k in todo))
 
+    top = run.path
+
     def upload(rel: str) -> None:
-        local = run.path / rel  # type: ignore[operator]  # asserted above; mypy forgets here
-        if (
-            st.put_file(local, f"{files_prefix}/{rel}", expect=files[rel]["hash"])
-            != files[rel]["hash"]
-        ):
+        want = files[rel]["hash"]
+        if st.put_file(top / rel, f"{files_prefix}/{rel}", expect=want) != want:
             msg = f"{run.dir}/{rel} changed while it was pushed; push again"
             raise StoreError(msg)
         bar.advance(files[rel]["size"])
