@@ -14,14 +14,12 @@ from xpkit._share._store import hash_file
 from xpkit.errors import UnsafePathError
 
 
-@pytest.fixture(params=["directory", "s3"])
+@pytest.fixture(params=["directory", "s3", "fsspec-filesystem"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A directory store, an S3 one (atomic PUT) and an fsspec filesystem (temp key + move)."""
     monkeypatch.chdir(tmp_path)
-    url = (
-        str(tmp_path / "store")
-        if request.param == "directory"
-        else request.getfixturevalue("s3_store")
-    )
+    urls = {"directory": str(tmp_path / "store"), "fsspec-filesystem": f"local://{tmp_path}/st"}
+    url = urls.get(request.param) or request.getfixturevalue("s3_store")
     return open_store(url, load_settings())
 
 

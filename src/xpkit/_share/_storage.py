@@ -4,11 +4,19 @@ A store is a local directory, or any fsspec URL (``s3://``, ``gs://``, ``sftp://
 
 Both backends offer the same few operations on POSIX keys relative to the store root. Every
 write is atomic at the key: a reader (or the next push after a crash) sees a whole object or
-none. A local directory gets a temporary name and ``os.replace``; object stores (S3, GCS,
-Azure, memory) publish a PUT atomically; other fsspec filesystems (sftp, ...) get a temporary
-key and a rename.
+none. A local directory writes a file in ``tmp/`` and renames it into place; object stores
+(S3, GCS, Azure, memory) publish a PUT atomically; other fsspec filesystems (sftp, ...) write
+a key in ``tmp/`` and move it. So concurrent writers never see each other's temporary files,
+and one killed mid-write leaves only a ``tmp/`` entry, swept a day later. An upload is hashed
+as it is sent and published only when it is the version expected.
 
-A local directory needs nothing but the standard library; fsspec is imported only for URLs.
+A local directory is read and written through ``_nofollow``: a symlink planted below its
+root is refused, never followed. It needs nothing but the standard library; fsspec is
+imported only for URLs.
+
+The path rules say which paths a store may name: a run directory is
+``<results>/<stage>/<run name>`` (:func:`run_dir`), a key or entry a plain relative path
+(:func:`safe_relpath`).
 """
 
 from __future__ import annotations
@@ -354,6 +362,8 @@ class FsspecStore:
         path = self._path(key)
         target = path if self._atomic_put else f"{self.base}/{_TMP}/{_tmp_name()}"
         kept = False
+        if target != path:  # a filesystem: directories are real
+            self.fs.makedirs(f"{self.base}/{_TMP}", exist_ok=True)
         try:
             write(target)
             kept = keep is None or keep()
@@ -361,7 +371,8 @@ class FsspecStore:
             if not kept:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(target)
-        if target != path:
+        if kept and target != path:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.mv(target, path)
 
     def sizes(self, prefix: str) -> dict[str, int]:
