@@ -174,14 +174,15 @@ def test_pull_sets_latest_links_without_moving_one_to_an_older_run(
     xp(a, "push", old.dir, "--store", str(store))
     b = clone(origin, tmp_path / "B")
     shutil.copytree(a / "data", b / "data")
-    script(b, "prepare.py", "seed=3")  # newer than the pulled run
+    # newer than the pulled run (its own name: both could start in the same second)
+    script(b, "prepare.py", "seed=3", "save_dir=results/prepare/newer-here")
     newer = latest(b, "prepare")
     monkeypatch.chdir(b)
     report = pull(old.id, store=store)
     assert report.latest == []
     assert latest(b, "prepare") == newer
 
-    script(a, "prepare.py", "seed=4")
+    script(a, "prepare.py", "seed=4", "save_dir=results/prepare/newest-there")
     newest = load_lock(latest(a, "prepare"))
     xp(a, "push", newest.dir, "--store", str(store))
     report = pull(newest.id, store=store)

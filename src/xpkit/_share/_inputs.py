@@ -21,12 +21,14 @@ from typing import Any
 
 import xxhash
 
+from .._core._progress import ProgressBar
 from .._core._settings import Settings
 from .._record._hashing import PREFIX
 from ..errors import DataError, GitError, StoreError
-from ._storage import Store, safe_relpath
+from ._storage import Store, parallel, safe_relpath
 
 __all__ = [
+    "CurrentHashes",
     "InputFile",
     "PushedInputs",
     "expand",
@@ -54,6 +56,12 @@ class InputFile:
     hash: str
     run: str  # the id of the run that recorded it
     name: str  # its data key
+    root: str = ""  # the recorded data path it lies in (a directory), or "" for itself
+
+    @property
+    def entry(self) -> tuple[str, str]:
+        """``(data path, relpath in it)``: how hashing the data path finds this file."""
+        return (self.root, self.path[len(self.root) + 1 :]) if self.root else (self.path, "")
 
     @property
     def key(self) -> str:
@@ -131,7 +139,7 @@ def _entry_files(name: str, entry: Any, run_id: str) -> list[InputFile]:
         raise StoreError(msg)
     for rel in files:
         safe_relpath(str(rel), what=what)
-    return [InputFile(f"{path}/{rel}", h, run_id, name) for rel, h in files.items()]
+    return [InputFile(f"{path}/{rel}", h, run_id, name, path) for rel, h in files.items()]
 
 
 def _dir_hash(files: Mapping[str, str]) -> str:
@@ -179,48 +187,81 @@ def not_ignored(root: Path, paths: Sequence[str]) -> set[str]:
     return set(paths) - ignored
 
 
+class CurrentHashes:
+    """The hashes input files have here now: each data path hashed once (cached on disk)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._records: dict[str, tuple[str | None, dict[str, str]]] = {}
+
+    def of(self, f: InputFile) -> str | None:
+        """The file's current hash; None when it is missing or unreadable."""
+        top, rel = f.entry
+        digest, files = self._hash(top)
+        return files.get(rel) if rel else digest
+
+    def _hash(self, top: str) -> tuple[str | None, dict[str, str]]:
+        from .._record._hashing import hash_path
+
+        if top not in self._records:
+            try:
+                record = hash_path(self.root / top)
+                self._records[top] = (record.hash, record.manifest or {})
+            except DataError:
+                self._records[top] = (None, {})
+        return self._records[top]
+
+
 def push_inputs(
-    st: Store, settings: Settings, files: Iterable[InputFile], *, advance: Any = None
+    st: Store, settings: Settings, files: Iterable[InputFile], *, bar: ProgressBar | None = None
 ) -> PushedInputs:
     """Upload the inputs the store lacks, each only as the version its run recorded."""
     report = PushedInputs()
     stored = st.sizes(DATA)
+    current = CurrentHashes(settings.root)
     todo: dict[str, InputFile] = {}
     for f in files:
-        if f"{f.key[len(DATA) + 1 :]}" in stored or f.hash in todo:
+        if f.key[len(DATA) + 1 :] in stored or f.hash in todo:
             report.stored_files += f.hash not in todo
             continue
-        reason = _local_problem(settings, f)
+        reason = _local_problem(settings, current, f)
         if reason:
             report.skipped.append(f"{f.path}: {reason}")
         else:
             todo[f.hash] = f
-    for f in todo.values():
+
+    if bar is not None:
+        bar.grow(sum((settings.root / f.path).stat().st_size for f in todo.values()))
+
+    def upload(f: InputFile) -> int | None:
         local = settings.root / f.path
-        sent = st.put_file(local, f.key, expect=f.hash)
-        if sent != f.hash:
+        if st.put_file(local, f.key, expect=f.hash) != f.hash:
+            return None
+        size = local.stat().st_size
+        if bar is not None:
+            bar.advance(size)
+        return size
+
+    sent = parallel(upload, list(todo.values()))
+    for f, size in zip(todo.values(), sent, strict=True):
+        if size is None:
             report.skipped.append(f"{f.path}: changed while being pushed; not pushed")
-            continue
-        report.sent_files += 1
-        report.sent_bytes += local.stat().st_size
-        if advance is not None:
-            advance(local.stat().st_size)
+        else:
+            report.sent_files += 1
+            report.sent_bytes += size
     return report
 
 
-def _local_problem(settings: Settings, f: InputFile) -> str | None:
+def _local_problem(settings: Settings, current: CurrentHashes, f: InputFile) -> str | None:
     """Why this clone cannot push ``f`` (None: it can)."""
-    from .._record._hashing import hash_path
-
     if os.path.isabs(f.path):
         return "outside the project; not pushed"
     local = settings.root / f.path
+    if local.is_dir():
+        return "a directory whose file list the run did not keep; not pushed"
     if not local.is_file():
         return "not in this clone; not pushed"
-    try:
-        current = hash_path(local).hash
-    except DataError as e:
-        return f"cannot be read ({e}); not pushed"
-    if current != f.hash:
-        return f"changed since run {f.run} read it ({current} now); not pushed as that version"
+    now = current.of(f)
+    if now != f.hash:
+        return f"changed since run {f.run} read it ({now} now); not pushed as that version"
     return None

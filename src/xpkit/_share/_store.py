@@ -187,7 +187,7 @@ def push(
             report.runs.append(_send(st, run, manifest, scans[run.id], bar))
         if data:
             files = [f for run in lineage for f in _inputs_of(st, run)]
-            report.inputs = push_inputs(st, settings, files, advance=bar.advance)
+            report.inputs = push_inputs(st, settings, files, bar=bar)
     report.duration_s = round(time.monotonic() - t0, 3)
     return report
 
