@@ -47,7 +47,7 @@ from ._bundles import COMMIT, CodeReport, check_code, has_git, pull_code
 from ._inputs import DATA, CurrentHashes, InputFile, expand, not_ignored, restorable
 from ._nofollow import create_file, make_dirs, open_dir, remove_created
 from ._storage import Store, open_store, parallel, results_rel, run_dir, safe_relpath
-from ._store import _ID, Entry, hash_file, marker, run_key, scan_dir, upstream_locks
+from ._store import _ID, Entry, digests, marker, run_key, scan_dir, upstream_locks
 
 __all__ = ["PullReport", "pull"]
 
@@ -347,19 +347,16 @@ def _differing(target: Path, entries: Mapping[str, Entry], *, what: str) -> list
         local = scan_dir(target, what=what)
     except UnsafePathError:
         return ["(a symlink pointing out)"]
-    return [
-        rel
-        for rel in sorted(set(local) | set(entries))
-        if _differs(target, rel, entries.get(rel), local.get(rel))
+    sized = [
+        r for r, e in entries.items() if "hash" in e and local.get(r, {}).get("size") == e["size"]
     ]
+    hashes = digests(target, sized)  # through the hash cache: unchanged files are not read
 
+    def same(rel: str) -> bool:
+        want, have = entries.get(rel, {}), local.get(rel, {})
+        return (want.get("dir") and have.get("dir")) or hashes.get(rel, "") == want.get("hash")
 
-def _differs(top: Path, rel: str, want: Entry | None, have: Entry | None) -> bool:
-    if want is None or have is None or ("hash" in want) != ("size" in have):
-        return True
-    if "hash" not in want:
-        return False
-    return bool(have["size"] != want["size"] or hash_file(top / rel) != want["hash"])
+    return [rel for rel in sorted(set(local) | set(entries)) if not same(rel)]
 
 
 def _lineage_inputs(manifests: Sequence[Mapping[str, Any]], report: PullReport) -> list[InputFile]:

@@ -52,6 +52,7 @@ from ._storage import Store, open_store, parallel, results_rel, run_dir, safe_re
 __all__ = [
     "PushReport",
     "StoredRun",
+    "digests",
     "hash_file",
     "list_store",
     "marker",
@@ -277,13 +278,13 @@ def _scan(run: _LocalRun) -> dict[str, Entry]:
         msg = f"{what} has no run.lock"
         raise StoreError(msg)
     files = [rel for rel, e in entries.items() if "size" in e]
-    digests = _digests(top, files)
+    hashes = digests(top, files)
     for rel in files:
-        entries[rel]["hash"] = digests[rel]
+        entries[rel]["hash"] = hashes[rel]
     return dict(sorted(entries.items()))
 
 
-def _digests(top: Path, files: Sequence[str]) -> Mapping[str, str]:
+def digests(top: Path, files: Sequence[str]) -> Mapping[str, str]:
     """File hashes through the shared hash cache (unchanged files are not read again).
 
     The cached walk follows links as the scan does: a link's relpath gets its file's hash.
