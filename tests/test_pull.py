@@ -105,6 +105,17 @@ def _retarget(rel: str, *, extra: dict[str, bytes] | None = None) -> Callable[[C
     return attack
 
 
+def _deeply_nested_manifest(c: Ctx) -> None:
+    """A manifest nested deeper than a parser recurses, resealed."""
+    import xxhash
+
+    nested = "[" * 10**5 + "]" * 10**5
+    data = f'{{"id": "{c.prep.id}", "files": {{}}, "upstream": {nested}}}'
+    (c.stored(c.prep) / "manifest.json").write_text(data)
+    digest = xxhash.xxh3_128_hexdigest(data.encode())
+    (c.stored(c.prep) / "COMPLETE").write_text(f"xxh3_128:{digest}\n")
+
+
 def _entry(name: str, entry: dict[str, Any]) -> Callable[[Ctx], None]:
     def attack(c: Ctx) -> None:
         tamper(c.store, c.prep.id, lambda m, _: m["files"].__setitem__(name, entry))
@@ -250,6 +261,8 @@ ATTACKS: dict[str, tuple[Callable[[Ctx], None], str, dict[str, bool]]] = {
     "dir-below-a-linked-run": (
         _below_linked_run, r"unsafe run directory 'results/prepare/p1/esc/x'", {}),
     # entries of a stored run
+    "manifest-nested-too-deep": (
+        _deeply_nested_manifest, r"store manifest of run \w+ is not valid", {}),
     "file-and-a-file-below-it": (
         _entry("out.txt/x", {"size": 1, "hash": "xxh3_128:" + "0" * 32}),
         r"entry 'out.txt/x' lies below the file 'out.txt'", {}),

@@ -203,26 +203,34 @@ def _match(st: Store, prefix: str) -> str:
 
 
 def _stored_lineage(st: Store, run_id: str) -> list[Mapping[str, Any]]:
-    """The manifests of a stored run and of its whole lineage, upstream runs first."""
+    """The manifests of a stored run and of its whole lineage, upstream runs first.
+
+    Iterative: a store can chain any number of runs, or make a cycle (it ends where it began).
+    """
     out: dict[str, Mapping[str, Any]] = {}
-    seen: set[str] = set()  # a cycle of upstream ids ends where it started
-
-    def visit(rid: str, needed_by: str | None) -> None:
+    seen: set[str] = set()
+    stack: list[tuple[str, str | None, Mapping[str, Any] | None]] = [(run_id, None, None)]
+    while stack:
+        rid, needed_by, done = stack.pop()
+        if done is not None:
+            out[rid] = done  # its upstream runs are in already
+            continue
         if rid in seen:
-            return
+            continue
         seen.add(rid)
-        data = st.read_bytes(run_key(rid, "manifest.json"))
-        if data is None or st.read_bytes(run_key(rid, "COMPLETE")) != marker(data):
-            by = f" (upstream of {needed_by})" if needed_by else ""
-            msg = f"run {rid}{by} is not complete in store {st.url}; push it again"
-            raise StoreError(msg)
-        manifest = _parse_manifest(data, rid)
-        for up in manifest["upstream"]:
-            visit(up, rid)
-        out[rid] = manifest
-
-    visit(run_id, None)
+        manifest = _stored_manifest(st, rid, needed_by)
+        stack.append((rid, needed_by, manifest))
+        stack += [(up, rid, None) for up in reversed(manifest["upstream"])]
     return list(out.values())
+
+
+def _stored_manifest(st: Store, rid: str, needed_by: str | None) -> Mapping[str, Any]:
+    data = st.read_bytes(run_key(rid, "manifest.json"))
+    if data is None or st.read_bytes(run_key(rid, "COMPLETE")) != marker(data):
+        by = f" (upstream of {needed_by})" if needed_by else ""
+        msg = f"run {rid}{by} is not complete in store {st.url}; push it again"
+        raise StoreError(msg)
+    return _parse_manifest(data, rid)
 
 
 def _parse_manifest(data: bytes, run_id: str) -> Mapping[str, Any]:
@@ -234,7 +242,7 @@ def _parse_manifest(data: bytes, run_id: str) -> Mapping[str, Any]:
         ok = ok and all(isinstance(u, str) and _ID.fullmatch(u) for u in manifest["upstream"])
         code = manifest.get("code")
         ok = ok and (code is None or bool(COMMIT.fullmatch(str(code["commit"]))))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         ok = False
     if not ok:
         msg = f"{what} is not valid"
@@ -326,7 +334,7 @@ def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
         raise StoreError(msg)
     try:
         parsed = load_yaml(data)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = None
     if not isinstance(parsed, dict):
         msg = f"run.lock of run {run_id} in store {st.url} is not a YAML mapping"
@@ -335,10 +343,15 @@ def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
 
 
 def _check_lock_dirs(lock: Mapping[str, Any], *, results: str, what: str) -> None:
-    """Every ``dir`` of a run.lock and of its upstream locks, recursively, is a run's place."""
-    run_dir(lock.get("dir"), stage=lock.get("stage"), results=results, what=what)
-    for up in upstream_locks(lock):
-        _check_lock_dirs(up, results=results, what=what)
+    """Every ``dir`` of a run.lock and of its upstream locks, at any depth, is a run's place."""
+    todo, seen = [lock], set()  # YAML aliases can make the nesting a cycle
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        run_dir(one.get("dir"), stage=one.get("stage"), results=results, what=what)
+        todo += upstream_locks(one)
 
 
 def _differing(target: Path, entries: Mapping[str, Entry], *, what: str) -> list[str]:
