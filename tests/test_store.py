@@ -543,3 +543,27 @@ def test_push_never_writes_through_a_symlink_in_the_store(
     with pytest.raises(UnsafePathError, match=r"files is a symlink: refusing to go through it"):
         push([prep.id], store=store)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_store_ls_shows_junk_entries_without_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifests that are not JSON, nested too deep or inconsistent show as incomplete rows."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    _, train = lineage(a)
+    store = tmp_path / "store"
+    push([train.id], store=store)
+    for name, data in {
+        "notjson": b"{",
+        "deep": b"[" * 10**5 + b"]" * 10**5,
+        "badinputs": json.dumps({"files": {}, "inputs": {"x": {"path": "../y"}}}).encode(),
+    }.items():
+        (store / "runs" / name).mkdir()
+        (store / "runs" / name / "manifest.json").write_bytes(data)
+    proc = xp(a, "store", "ls", "--store", str(store))
+    assert proc.stderr == ""
+    rows = {r.id: r for r in list_store(store)}
+    assert (rows["notjson"].complete, rows["deep"].stage) == (False, "?")
+    assert rows["badinputs"].inputs == "invalid"
+    assert rows[train.id].complete

@@ -112,7 +112,7 @@ def _parse(name: str, data: bytes | None) -> _Bundle | None:
             f"{name}.bundle" if old else str(meta["file"]),
             None if old else str(meta["hash"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     shas = [*bundle.refs.values(), *bundle.prerequisites]
     ok = all(isinstance(c, str) and COMMIT.fullmatch(c) for c in shas)

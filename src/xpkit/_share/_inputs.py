@@ -167,7 +167,7 @@ def restorable(path: str, *, results: str) -> str | None:
         return "inside the results directory (it travels with its run)"
     if any(p.startswith(".") or p in _CODE_DIRS for p in parts):
         return "in a hidden or code directory"
-    if os.path.splitext(parts[-1])[1].lower() in _CODE_SUFFIXES or parts[-1] == "conftest.py":
+    if os.path.splitext(parts[-1])[1].lower() in _CODE_SUFFIXES:
         return "a code file"
     return None
 

@@ -198,7 +198,7 @@ def _inputs_of(st: Store, run: _LocalRun) -> list[Any]:
     if run.path is not None:
         return expand(recorded_inputs(run.lock, run.path), run.id)
     data = st.read_bytes(run_key(run.id, "manifest.json"))
-    with contextlib.suppress(ValueError, TypeError, KeyError, StoreError):
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError, StoreError):
         return expand(json.loads(data or b"")["inputs"], run.id)
     return []
 
@@ -373,7 +373,7 @@ def _linked_from(st: Store, run_id: str) -> Path | None:
 def _manifest_files(data: bytes | None) -> dict[str, Entry]:
     try:
         files = json.loads(data or b"")["files"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
     return files if isinstance(files, dict) else {}
 
@@ -431,7 +431,7 @@ def _check_link(path: Path, top: Path, rel: str, *, what: str) -> None:
 def _parse_stored(data: bytes | None) -> Mapping[str, Any] | None:
     try:
         m = json.loads(data or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # a store's junk: too deep to parse
         return None
     return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
