@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from helpers import clone, git, isolate, listing, make_repo, make_run, tamper, xp
-from xpkit._core._lock import RunLock
+from xpkit._core._lock import RunLock, dump_yaml, load_yaml
 from xpkit._core._paths import RunPaths
 from xpkit._record._data import write_manifest
 from xpkit._record._hashing import hash_path
@@ -208,9 +208,27 @@ def _rename_bundle_json(c: Ctx) -> None:
     json_file.rename(c.store / "code" / "...json")
 
 
-def _input(change: Callable[[dict[str, Any]], None]) -> Callable[[Ctx], None]:
+def _input(
+    change: Callable[[dict[str, Any]], None], *, lock_too: bool = True
+) -> Callable[[Ctx], None]:
+    """Change the prepare run's inputs in its manifest (and, consistently, in its run.lock)."""
+
     def attack(c: Ctx) -> None:
-        tamper(c.store, c.prep.id, lambda m, _: change(m["inputs"]))
+        def both(manifest: dict[str, Any], run_dir: Path) -> None:
+            change(manifest["inputs"])
+            if not lock_too:
+                return
+            lock_file = run_dir / "files" / "run.lock"
+            lock = load_yaml(lock_file.read_bytes())
+            lock["data"] = {
+                k: {"path": e["path"], "hash": e["hash"], "files": 1, "bytes": e["bytes"]}
+                for k, e in manifest["inputs"].items()
+            }
+            lock_file.write_text(dump_yaml(lock))
+            entry = {"size": lock_file.stat().st_size, "hash": hash_file(lock_file)}
+            manifest["files"]["run.lock"] = entry
+
+        tamper(c.store, c.prep.id, both)
 
     return attack
 
@@ -290,6 +308,9 @@ ATTACKS: dict[str, tuple[Callable[[Ctx], None], str, dict[str, bool]]] = {
         _rename_bundle_json, r"code bundle b-\w+ of run \w+ is missing from store", {}),
     "bundle-hash-mismatch": (_corrupt_bundle, r"code bundle .* does not match its hash", {}),
     # inputs
+    "inputs-not-those-of-the-run-lock": (
+        _input(_input_path("raw", "data/other.csv"), lock_too=False),
+        r"its inputs are not the data its run.lock recorded", {"data": True}),
     "input-path-dotdot": (
         _input(_input_path("raw", "../outside.csv")), r"unsafe path '\.\./outside\.csv'",
         {"data": True}),

@@ -183,7 +183,10 @@ def _kind(dfd: int, name: str) -> tuple[str, int]:
 
 
 def remove_created(created: Sequence[Path]) -> None:
-    """Remove the directories a failed operation made, newest first, if they are empty."""
-    for path in reversed(created):
+    """Remove the directories a failed operation made, deepest first, if they are empty.
+
+    Deepest, not newest: threads making nested directories may note them in any order.
+    """
+    for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             path.rmdir()

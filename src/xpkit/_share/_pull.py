@@ -180,7 +180,7 @@ def _plan(
     runs = [_plan_run(st, settings, m, results=results) for m in manifests]
     inputs: list[_InputPlan] = []
     if data:
-        files = _lineage_inputs(manifests, report)
+        files = _lineage_inputs(runs, report)
         inputs = _plan_inputs(
             st, settings, files, results=results, link=link, force=force, report=report
         )
@@ -372,16 +372,18 @@ def _differing(target: Path, entries: Mapping[str, Entry], *, what: str) -> list
     return [rel for rel in sorted(set(local) | set(entries)) if not same(rel)]
 
 
-def _lineage_inputs(manifests: Sequence[Mapping[str, Any]], report: PullReport) -> list[InputFile]:
+def _lineage_inputs(runs: Sequence[_RunPlan], report: PullReport) -> list[InputFile]:
     """The input files of the lineage; one version per path (the nearest run's)."""
     by_path: dict[str, InputFile] = {}
-    for m in manifests:
-        if "inputs" not in m:
+    for run in runs:
+        inputs = run.manifest.get("inputs")
+        if inputs is None:
             report.warnings.append(
-                f"run {m['id']} was pushed without its inputs list; push it again"
+                f"run {run.id} was pushed without its inputs list; push it again"
             )
             continue
-        for f in expand(m["inputs"], str(m["id"])):
+        _check_inputs(inputs, run.lock.data or {}, run.id)
+        for f in expand(inputs, run.id):
             old = by_path.get(f.path)
             if old is not None and old.hash != f.hash:
                 report.skipped_inputs.append(
@@ -390,6 +392,19 @@ def _lineage_inputs(manifests: Sequence[Mapping[str, Any]], report: PullReport) 
                 )
             by_path[f.path] = f
     return list(by_path.values())
+
+
+def _check_inputs(inputs: Any, data: Mapping[str, Any], run_id: str) -> None:
+    """The manifest's inputs are the run.lock's ``data``: same names, paths and hashes."""
+    ok = isinstance(inputs, Mapping) and all(
+        isinstance(e, Mapping)
+        and isinstance(data.get(name), Mapping)
+        and (e.get("path"), e.get("hash")) == (data[name].get("path"), data[name].get("hash"))
+        for name, e in inputs.items()
+    )
+    if not ok:
+        msg = f"store manifest of run {run_id}: its inputs are not the data its run.lock recorded"
+        raise StoreError(msg)
 
 
 def _plan_inputs(
