@@ -1,11 +1,15 @@
-"""Shared fixtures: every test gets a clean settings cache and a git identity."""
+"""Shared fixtures: every test gets a clean settings cache and a git identity; an S3 server."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from xpkit._core._lock import new_run_id
 from xpkit._core._settings import clear_settings_cache
 
 _GIT_IDENTITY = {
@@ -31,3 +35,32 @@ def _isolated(
     clear_settings_cache()
     yield
     clear_settings_cache()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """A local S3-compatible server (moto) on a free port of 127.0.0.1; yields its endpoint."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; botocore (under s3fs) finds the server through AWS_ENDPOINT_URL."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"xpkit-{new_run_id()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/team/store"

@@ -68,6 +68,7 @@ def test_import_loads_only_what_a_run_needs() -> None:
         "xpkit._record._hashing",
         "xpkit._tracking._mlflow",
         "xpkit._share._store",
+        "xpkit._share._pull",
     }
     assert not loaded & lazy, loaded & lazy
     assert not loaded & {"json", "socket", "logging", "hashlib", "traceback"}

@@ -25,9 +25,10 @@ import xpkit as xp
 from helpers import SRC, import_project
 from xpkit._catalog._run import Run
 from xpkit._cli._main import main as xp_main
-from xpkit._core._lock import RunLock, dump_yaml, load_lock, write_lock
+from xpkit._core._lock import RunLock, load_lock, write_lock
 from xpkit._core._paths import RunPaths, is_write_temp
 from xpkit._core._settings import clear_settings_cache
+from xpkit._core._yaml import dump_yaml
 from xpkit._record import _git
 from xpkit.errors import LockError
 

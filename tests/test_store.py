@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,84 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
 
-from helpers import SRC
-from xpkit._core._lock import RunLock, load_lock, new_run_id, write_lock
+from helpers import SRC, clone, git, isolate, make_repo, make_run, tamper, tree, xp
+from xpkit._core._lock import RunLock, load_lock, new_run_id
 from xpkit._core._settings import clear_settings_cache
-from xpkit._record._git import snapshot
-from xpkit._share._store import hash_file, list_store, pull, push
+from xpkit._share._pull import pull
+from xpkit._share._store import hash_file, list_store, push
 from xpkit.errors import StoreError, UnsafePathError
-
-
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, check=check, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def xp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xpkit", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def isolate(mp: pytest.MonkeyPatch) -> None:
-    """What conftest's per-test fixture does, for the module-scoped one below."""
-    for kind in ("AUTHOR", "COMMITTER"):
-        mp.setenv(f"GIT_{kind}_NAME", "Test")
-        mp.setenv(f"GIT_{kind}_EMAIL", "test@example.com")
-    mp.delenv("XPKIT_ROOT", raising=False)
-    clear_settings_cache()
-
-
-def make_repo(tmp_path: Path) -> tuple[Path, Path]:
-    """Repo A with one pushed commit on main, and its bare origin."""
-    origin, a = tmp_path / "origin.git", tmp_path / "A"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
-    git(tmp_path, "init", "-q", "-b", "main", str(a))
-    (a / ".gitignore").write_text("results/\n__pycache__/\n")
-    (a / "lib.py").write_text("VALUE = 1\n")
-    git(a, "add", "-A")
-    git(a, "commit", "-q", "-m", "init")
-    git(a, "remote", "add", "origin", str(origin))
-    git(a, "push", "-q", "origin", "main")
-    return a, origin
-
-
-def clone(origin: Path, dest: Path) -> Path:
-    git(origin.parent, "clone", "-q", str(origin), str(dest))
-    return dest
-
-
-def make_run(
-    root: Path,
-    rel: str,
-    files: dict[str, bytes],
-    *,
-    upstream: dict[str, Any] | None = None,
-    stage: str = "prepare",
-) -> RunLock:
-    """A run directory made by hand, with a real code snapshot of ``root``."""
-    run_dir = root / rel
-    for name, data in files.items():
-        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / name).write_bytes(data)
-    snap = snapshot(root, message=f"xpkit: {stage} {rel}")
-    lock = RunLock(
-        id=new_run_id(),
-        stage=stage,
-        dir=rel,
-        status="completed",
-        started="2026-01-02T03:04:05+00:00",
-        src={"commit": snap.commit, "head": snap.head, "dirty": snap.dirty},
-        upstream=upstream,
-    )
-    write_lock(run_dir / "run.lock", lock)
-    return lock
 
 
 def lineage(root: Path) -> tuple[RunLock, RunLock]:
@@ -107,12 +34,6 @@ def lineage(root: Path) -> tuple[RunLock, RunLock]:
         stage="train",
     )
     return prep, train
-
-
-def tree(top: Path) -> dict[str, str]:
-    return {
-        p.relative_to(top).as_posix(): hash_file(p) for p in sorted(top.rglob("*")) if p.is_file()
-    }
 
 
 def test_pull_brings_lineage_and_code_into_a_fresh_clone(
@@ -173,7 +94,9 @@ def test_push_sends_only_what_the_store_lacks(
     assert (store / "runs" / train.id / "files" / "model.bin").read_bytes() == b"weights2"
 
     (a / "lib.py").write_text("VALUE = 3\n")
-    other = make_run(a, "results/train/t2", {"m": b"x"}, upstream={"prep": prep.to_dict()})
+    other = make_run(
+        a, "results/train/t2", {"m": b"x"}, upstream={"prep": prep.to_dict()}, stage="train"
+    )
     fourth = push([other.id], store=store)
     assert len(fourth.bundles) == 1
     meta = json.loads((store / "code" / f"{fourth.bundles[0]}.json").read_text())
@@ -273,14 +196,16 @@ def test_pull_link_symlinks_run_directories(
 def test_push_refuses_a_symlink_pointing_out_of_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A link inside a run directory is pushed as a link; one pointing outside is refused."""
+    """A link to a file of the run is pushed as that file (a store holds no links); one
+    pointing outside is refused."""
     a, _ = make_repo(tmp_path)
     monkeypatch.chdir(a)
     prep, _ = lineage(a)
     os.symlink("out.txt", a / prep.dir / "alias.txt")
     push([prep.id], store=tmp_path / "store")
     manifest = json.loads((tmp_path / "store" / "runs" / prep.id / "manifest.json").read_text())
-    assert manifest["files"]["alias.txt"] == {"link": "out.txt"}
+    assert manifest["files"]["alias.txt"] == manifest["files"]["out.txt"]
+    assert (tmp_path / "store" / "runs" / prep.id / "files" / "alias.txt").read_bytes() == b"rows\n"
     os.symlink("../../../lib.py", a / prep.dir / "escape.py")
     with pytest.raises(UnsafePathError, match=r"escape\.py"):
         push([prep.id], store=tmp_path / "store2")
@@ -298,16 +223,6 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> Any:
         prep, train = lineage(a)
         push([train.id], store=tmp / "store")
     return prep, train, clone(origin, tmp / "B"), tmp / "store"
-
-
-def tamper(store: Path, run_id: str, change: Any) -> None:
-    """Rewrite a stored run's manifest (and its COMPLETE marker, so that it looks whole)."""
-    path = store / "runs" / run_id / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest, store / "runs" / run_id)
-    data = json.dumps(manifest).encode()
-    path.write_bytes(data)
-    (path.parent / "COMPLETE").write_text(f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}\n")
 
 
 def _file_entry(name: str, data: bytes) -> Any:
@@ -424,8 +339,7 @@ def test_pull_refuses_a_file_that_fails_its_hash(
     monkeypatch.chdir(b)
     with pytest.raises(StoreError, match="does not match its hash"):
         pull(train.id, store=tmp_path / "store")
-    assert not (b / train.dir).exists()
-    assert [p.name for p in (b / train.dir).parent.iterdir()] == []
+    assert not (b / "results").exists(), "no run directory, no empty directory"
 
 
 def test_killed_push_is_completed_by_the_next_push(
@@ -463,35 +377,6 @@ def test_killed_push_is_completed_by_the_next_push(
     assert stored == {k: e["hash"] for k, e in manifest["files"].items() if "hash" in e}
     assert stored == tree(a / run.dir)
     assert [r.complete for r in list_store(store)] == [True]
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Any:
-    """A local S3-compatible server (moto) on a free port of 127.0.0.1; yields its endpoint."""
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket; botocore (under s3fs) finds the server through AWS_ENDPOINT_URL."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"xpkit-{new_run_id()}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/team/store"
 
 
 def test_s3_store_round_trip_of_a_hand_made_lineage(
@@ -613,3 +498,72 @@ def test_real_pipeline_round_trip(
     assert new_model.parent.parent == b / "results" / "train"
     assert hash_file(new_model) == hash_file(train_run.dir / "model.txt")
     print(f"{kind}: push {push_s:.2f} s, pull {pull_s:.2f} s (2 runs)")
+
+
+def test_three_concurrent_pushes_of_a_stage_make_one_consistent_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three `xp push results/stage` at once all succeed, write one bundle, leave no temporary
+    file, and a clone pulls every run verified."""
+    a, origin = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    shards = [{f"shard/{j:03d}.bin": os.urandom(8192) for j in range(200)} for _ in range(3)]
+    runs = [make_run(a, f"results/big/r{i}", files, stage="big") for i, files in enumerate(shards)]
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "xpkit", "push", "results/big", "--store", str(store)]
+    procs = [
+        subprocess.Popen(cmd, cwd=a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outcomes = [(p.communicate()[1], p.returncode) for p in procs]
+    assert outcomes == [(b"", 0)] * 3
+    assert len(list((store / "code").glob("*.json"))) == 1
+    assert list((store / "tmp").iterdir()) == []
+    assert {r.id for r in list_store(store) if r.complete} == {r.id for r in runs}
+
+    b = clone(origin, tmp_path / "B")
+    monkeypatch.chdir(b)
+    for run in runs:
+        assert [r["state"] for r in pull(run.id, store=store).runs] == ["copied"]
+        assert tree(b / run.dir) == tree(a / run.dir)
+
+
+def test_push_never_writes_through_a_symlink_in_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose run entry is a symlink pointing elsewhere is refused; nothing lands there."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    prep, _ = lineage(a)
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    (store / "runs" / prep.id).mkdir(parents=True)
+    elsewhere.mkdir()
+    (store / "runs" / prep.id / "files").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"files is a symlink: refusing to go through it"):
+        push([prep.id], store=store)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_store_ls_shows_junk_entries_without_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifests that are not JSON, nested too deep or inconsistent show as incomplete rows."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    _, train = lineage(a)
+    store = tmp_path / "store"
+    push([train.id], store=store)
+    for name, data in {
+        "notjson": b"{",
+        "deep": b"[" * 10**5 + b"]" * 10**5,
+        "badinputs": json.dumps({"files": {}, "inputs": {"x": {"path": "../y"}}}).encode(),
+    }.items():
+        (store / "runs" / name).mkdir()
+        (store / "runs" / name / "manifest.json").write_bytes(data)
+    proc = xp(a, "store", "ls", "--store", str(store))
+    assert proc.stderr == ""
+    rows = {r.id: r for r in list_store(store)}
+    assert (rows["notjson"].complete, rows["deep"].stage) == (False, "?")
+    assert rows["badinputs"].inputs == "invalid"
+    assert rows[train.id].complete

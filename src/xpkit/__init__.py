@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ._catalog._runs import Runs, runs
     from ._record._data import diff_manifests, load_manifest
     from ._record._hashing import HashRecord, hash_path
-    from ._share._store import pull, push
+    from ._share._pull import pull
+    from ._share._store import push
     from ._tracking._batch import sync_runs
     from ._tracking._mlflow import sync_run
 
@@ -66,7 +67,7 @@ _LAZY = {
     "sync_runs": "_tracking._batch",
     "Runs": "_catalog._runs",
     "runs": "_catalog._runs",
-    "pull": "_share._store",
+    "pull": "_share._pull",
     "push": "_share._store",
 }
 

@@ -8,7 +8,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from .._share._store import list_store, pull, push
+from .._share._pull import PullReport, pull
+from .._share._store import list_store, push
 
 __all__ = ["pull_command", "push_command", "store_command"]
 
@@ -16,7 +17,7 @@ _STORE_HELP = "a directory or an fsspec URL such as s3://bucket/path (default: [
 
 
 def push_command(argv: list[str]) -> int:
-    """``xp push RUN... [--store URL] [--git-remote NAME]``."""
+    """``xp push RUN... [--store URL] [--data] [--git-remote NAME]``."""
     parser = argparse.ArgumentParser(
         prog="xp push",
         description="Copy runs and their whole lineage (run directories and code) to a store.",
@@ -29,10 +30,15 @@ def push_command(argv: list[str]) -> int:
     )
     parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
     parser.add_argument(
+        "--data",
+        action="store_true",
+        help="also push the input files the lineage read, as the versions its runs recorded",
+    )
+    parser.add_argument(
         "--git-remote", metavar="NAME", help="also push the code as refs/xpkit/runs/<id> there"
     )
     ns = parser.parse_args(argv)
-    report = push(ns.runs, store=ns.store, git_remote=ns.git_remote)
+    report = push(ns.runs, store=ns.store, data=ns.data, git_remote=ns.git_remote)
     for row in report.runs:
         detail = ""
         if row["state"] == "sent":
@@ -41,38 +47,73 @@ def push_command(argv: list[str]) -> int:
         print(f"{row['id']}  {row['stage']:<12} {row['dir']}  {row['state']}{detail}")
     for name in report.bundles:
         print(f"code: bundle {name}")
+    if report.inputs is not None:
+        sent = report.inputs
+        print(
+            f"inputs: {_count(sent.sent_files, 'file')}, {_size(sent.sent_bytes)} sent, "
+            f"{sent.stored_files} already stored"
+        )
+        for line in sent.skipped:
+            print(f"warning: input {line}", file=sys.stderr)
     print(f"pushed {len(report.runs)} runs in {report.duration_s:.1f} s")
     return 0
 
 
 def pull_command(argv: list[str]) -> int:
-    """``xp pull RUN_ID [--store URL] [--link]``."""
+    """``xp pull RUN_ID [--store URL] [--link] [--data] [--force]``."""
     parser = argparse.ArgumentParser(
         prog="xp pull",
-        description="Bring a run and its whole lineage (run directories and code) from a store.",
+        description=(
+            "Bring a run and its whole lineage (run directories, code, and with --data its "
+            "inputs) from a store; set each pulled stage's latest link."
+        ),
     )
     parser.add_argument("run", metavar="RUN_ID", help="a unique prefix of the run id")
     parser.add_argument("--store", metavar="URL", help=_STORE_HELP)
     parser.add_argument(
-        "--link", action="store_true", help="symlink run directories from a filesystem store"
+        "--link", action="store_true", help="symlink from a filesystem store instead of copying"
+    )
+    parser.add_argument(
+        "--data", action="store_true", help="also restore the missing inputs the lineage read"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --data, replace inputs that differ here"
     )
     ns = parser.parse_args(argv)
-    report = pull(ns.run, store=ns.store, link=ns.link)
+    if ns.force and not ns.data:
+        parser.error("--force only applies to --data")
+    report = pull(ns.run, store=ns.store, link=ns.link, data=ns.data, force=ns.force)
+    _print_pull(report)
+    return 0
+
+
+def _print_pull(report: PullReport) -> None:
     for row in report.runs:
         differing = row["differing"]
         detail = (
             f": {len(differing)} paths differ ({', '.join(differing[:3])})" if differing else ""
         )
         print(f"{row['id']}  {row['stage']:<12} {row['dir']}  {row['state']}{detail}")
-    if report.code is not None:
+    if report.code is not None and report.code.fetched:
         moved = report.code.branch_updated
         print(
-            f"code: {len(report.code.fetched)} bundles fetched"
+            f"code: {_count(len(report.code.fetched), 'bundle')} fetched"
             + (f", branch at {moved[:12]}" if moved else "")
         )
+    if report.inputs:
+        n = report.inputs
+        print(
+            f"inputs: {n['restored']} restored ({_size(n['bytes'])}), {n['linked']} linked, "
+            f"{n['present']} already here"
+        )
+    for line in report.latest:
+        print(f"latest: {line}")
+    for line in report.rerun:
+        print(f"re-run {line}")
+    for line in report.skipped_inputs:
+        print(f"warning: input {line}", file=sys.stderr)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return 0
 
 
 def store_command(argv: list[str]) -> int:
@@ -87,7 +128,8 @@ def store_command(argv: list[str]) -> int:
     if ns.format == "json":
         print(json.dumps([asdict(r) for r in runs], indent=1))
         return 0
-    rows: list[tuple[str, ...]] = [("id", "stage", "dir", "started", "size", "files", "complete")]
+    header = ("id", "stage", "dir", "started", "size", "files", "complete", "inputs")
+    rows: list[tuple[str, ...]] = [header]
     rows += [_ls_row(asdict(r)) for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -98,7 +140,17 @@ def store_command(argv: list[str]) -> int:
 def _ls_row(r: dict[str, Any]) -> tuple[str, ...]:
     started = r["started"][:19].replace("T", " ")
     complete = "yes" if r["complete"] else "NO"
-    return (r["id"], r["stage"], r["dir"], started, _size(r["bytes"]), str(r["files"]), complete)
+    inputs = (
+        r["inputs"]
+        if r["inputs"] in ("none", "unknown")
+        else f"{r['inputs']} ({_size(r['input_bytes'])})"
+    )
+    size = _size(r["bytes"])
+    return (r["id"], r["stage"], r["dir"], started, size, str(r["files"]), complete, inputs)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _size(n: int) -> str:

@@ -212,20 +212,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def point_latest(run_dir: Path) -> None:
+    """Point ``<run_dir.parent>/latest`` at ``run_dir.name``, atomically (a relative link).
+
+    Raises:
+        OSError: the link cannot be made (``latest`` is a directory, a read-only place...).
+    """
+    tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident():x}.{run_dir.name}"
+    try:
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, run_dir.parent / "latest")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def display_path(path: Path) -> str:
     """``path`` as the user's code sees it: relative to the working directory when below it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def point_latest(run_dir: Path) -> None:
-    """Point ``<stage dir>/latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident():x}.{run_dir.name}"
-    with contextlib.suppress(OSError):
-        os.symlink(run_dir.name, tmp)
-        os.replace(tmp, link)
-    with contextlib.suppress(OSError):
-        tmp.unlink()

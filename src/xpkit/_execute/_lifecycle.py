@@ -263,7 +263,8 @@ def _open(
     atomic_write_text(paths.config, dump_yaml(config))
     log = LogFile(paths.log)
     if _under_results(plan.settings, run_dir):
-        point_latest(run_dir)
+        with contextlib.suppress(OSError):  # a missing link costs the run nothing
+            point_latest(run_dir)
     return active, log
 
 

@@ -1,11 +1,14 @@
 """Code snapshots travelling with pushed runs: git bundles inside the store.
 
 Each run's snapshot commit is named ``refs/xpkit/runs/<id>`` in the repository. A push puts
-the commits the store does not hold yet into one new bundle, ``code/<name>.bundle``, whose
-history stops at the commits of earlier bundles (incremental), then writes
-``code/<name>.json`` (its refs and prerequisites) as the marker that the bundle is whole.
-Bundle names sort in creation order, so a pull that lacks a prerequisite fetches the earlier
-bundles first.
+the commits the store does not hold yet into one new bundle, whose history stops at the
+commits of earlier bundles (incremental): ``code/<name>-<hash>.bundle``, then
+``code/<name>.json`` (its refs, prerequisites, creation time, file and hash) as the marker
+that the bundle is whole. ``<name>`` is derived from what the bundle holds, so concurrent
+pushes of the same runs write one bundle; the file is named by its content hash, so a json
+always names the file its writer wrote. Bundles sort by creation time, so a pull that lacks a
+prerequisite fetches the earlier bundles first. A bundle is verified against its hash before
+git reads it.
 
 A pull fetches bundles into ``refs/xpkit/runs/*`` and moves the snapshot branch
 (``run_logs``) forward when that is a fast-forward; otherwise (the branch went another way in
@@ -25,14 +28,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 from .._record._git import git_succeeds, git_text, run_git
 from ..errors import GitError, StoreError
 from ._storage import Store
 
-__all__ = ["COMMIT", "CodeReport", "has_git", "pull_code", "push_code", "run_ref"]
+__all__ = ["COMMIT", "CodeReport", "check_code", "has_git", "pull_code", "push_code", "run_ref"]
 
 _CODE = "code"
 COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full sha-1 or sha-256 object name
+_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{6}|b-[0-9a-f]{16}")  # (older) time-named, content-named
+_FILE = re.compile(r"b-[0-9a-f]{16}-[0-9a-f]{32}\.bundle")
+_HASH = re.compile(r"xxh3_128:[0-9a-f]{32}")
 
 
 def run_ref(run_id: str) -> str:
@@ -45,6 +53,9 @@ class _Bundle:
     name: str
     refs: Mapping[str, str]  # ref -> commit
     prerequisites: tuple[str, ...]
+    created_ns: int
+    file: str  # its key below code/
+    hash: str | None  # None: written by an older xpkit
 
 
 @dataclass
@@ -72,22 +83,42 @@ def _is_ancestor(root: Path, ancestor: str, commit: str) -> bool:
     return git_succeeds(root, ["merge-base", "--is-ancestor", ancestor, commit])
 
 
-def _bundles(store: Store) -> list[_Bundle]:
-    """The whole bundles of the store, oldest first."""
+def _bundles(store: Store, *, whole: bool = True) -> list[_Bundle]:
+    """The bundles of the store, oldest first; a json that is not one of ours is ignored.
+
+    ``whole``: only those whose bundle file is there too.
+    """
+    keys = store.sizes(_CODE)
     out = []
-    for key in sorted(store.sizes(_CODE)):
-        if not key.endswith(".json") or "/" in key:
+    for key in keys:
+        name = key.removesuffix(".json")
+        if name == key or not _NAME.fullmatch(name):
             continue
-        data = store.read_bytes(f"{_CODE}/{key}")
-        try:
-            meta = json.loads(data or b"")
-            bundle = _Bundle(key[:-5], dict(meta["refs"]), tuple(meta["prerequisites"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # not ours: ignored
-        shas = [*bundle.refs.values(), *bundle.prerequisites]
-        if all(isinstance(c, str) and COMMIT.fullmatch(c) for c in shas):
+        bundle = _parse(name, store.read_bytes(f"{_CODE}/{key}"))
+        if bundle is not None and (bundle.file in keys or not whole):
             out.append(bundle)
-    return out
+    return sorted(out, key=lambda b: (b.created_ns, b.name))
+
+
+def _parse(name: str, data: bytes | None) -> _Bundle | None:
+    try:
+        meta = json.loads(data or b"")
+        old = name[0] != "b"
+        bundle = _Bundle(
+            name,
+            dict(meta["refs"]),
+            tuple(meta["prerequisites"]),
+            int(name[:20]) if old else int(meta["created_ns"]),
+            f"{name}.bundle" if old else str(meta["file"]),
+            None if old else str(meta["hash"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None
+    shas = [*bundle.refs.values(), *bundle.prerequisites]
+    ok = all(isinstance(c, str) and COMMIT.fullmatch(c) for c in shas)
+    ok = ok and (bundle.hash is None or bool(_HASH.fullmatch(bundle.hash)))
+    ok = ok and (bundle.file == f"{name}.bundle" or bool(_FILE.fullmatch(bundle.file)))
+    return bundle if ok else None
 
 
 def push_code(
@@ -144,21 +175,75 @@ def _holders(root: Path, commits: Iterable[str], known: Mapping[str, str]) -> di
 def _write_bundle(
     root: Path, store: Store, commits: Mapping[str, str], exclude: Sequence[str]
 ) -> str:
-    name = f"{time.time_ns():020d}-{secrets.token_hex(3)}"
+    """Bundle ``commits`` (less ``exclude``) unless the store holds that very bundle already."""
+    refs = {run_ref(r): c for r, c in sorted(commits.items())}
+    what = json.dumps([refs, sorted(exclude)]).encode()
+    name = f"b-{xxhash.xxh3_64_hexdigest(what)}"
+    if any(b.name == name for b in _bundles(store)):
+        return name  # a concurrent push of the same runs wrote it
     with tempfile.TemporaryDirectory(prefix="xpkit-bundle-") as tmp:
         path = Path(tmp) / f"{name}.bundle"
-        refs = sorted({run_ref(r) for r in commits})
-        run_git(
-            root, ["bundle", "create", "--quiet", str(path), *refs, *(f"^{c}" for c in exclude)]
-        )
+        args = ["bundle", "create", "--quiet", str(path), *refs, *(f"^{c}" for c in exclude)]
+        run_git(root, ["-c", "pack.threads=1", *args])  # one thread: the same bytes each time
         prerequisites = _header_prerequisites(path)
-        store.put_file(path, f"{_CODE}/{name}.bundle")
+        digest = _hash(path)
+        file = f"{name}-{digest.removeprefix('xxh3_128:')}.bundle"
+        store.put_file(path, f"{_CODE}/{file}")
     meta = {
-        "refs": {run_ref(r): c for r, c in sorted(commits.items())},
+        "refs": refs,
         "prerequisites": prerequisites,
+        "created_ns": time.time_ns(),
+        "file": file,
+        "hash": digest,
     }
     store.write_bytes(f"{_CODE}/{name}.json", json.dumps(meta, indent=1).encode())
     return name
+
+
+def _hash(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"xxh3_128:{h.hexdigest()}"
+
+
+def check_code(root: Path, store: Store, codes: Mapping[str, Mapping[str, str | None]]) -> None:
+    """Refuse a pull whose code the store names but cannot give.
+
+    Args:
+        codes: run id → the ``code`` of its manifest (``commit``, ``bundle``).
+
+    Raises:
+        StoreError: the bundle a run names is missing, or a bundle holding a needed commit
+            (or one it builds on) lacks its file.
+    """
+    bundles = _bundles(store, whole=False)
+    keys = store.sizes(_CODE)
+    names = {b.name: b for b in bundles}
+    by_commit = {c: b for b in bundles for c in b.refs.values()}
+    todo = []
+    for run_id, code in codes.items():
+        commit, name = str(code["commit"]), code.get("bundle")
+        if _has_commit(root, commit):
+            continue
+        if name not in names:
+            msg = f"code bundle {name} of run {run_id} is missing from store {store.url}"
+            raise StoreError(msg)
+        todo.append(commit)
+    seen: set[str] = set()
+    while todo:
+        bundle = by_commit.get(todo.pop())
+        if bundle is None or bundle.name in seen:
+            continue  # an inner commit: pull_code finds it in an earlier bundle, or says so
+        seen.add(bundle.name)
+        if bundle.file not in keys:
+            msg = (
+                f"code bundle {bundle.name} in store {store.url} has no file {bundle.file}; "
+                "push the runs again"
+            )
+            raise StoreError(msg)
+        todo += [c for c in bundle.prerequisites if not _has_commit(root, c)]
 
 
 def _header_prerequisites(path: Path) -> list[str]:
@@ -231,13 +316,27 @@ class _Fetcher:
         for prerequisite in bundle.prerequisites:
             self.ensure(prerequisite, before=index)
         path = self.tmp / f"{bundle.name}.bundle"
-        self.store.get_file(f"{_CODE}/{bundle.name}.bundle", path)
+        self._download(bundle, path)
         # into a private namespace: a bundle never moves refs of its own choosing
         spec = f"+refs/*:{self.namespace}/*"
         run_git(
             self.root, ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(path), spec]
         )
         self.report.fetched.append(bundle.name)
+
+    def _download(self, bundle: _Bundle, path: Path) -> None:
+        h = xxhash.xxh3_128()
+        try:
+            with self.store.open_read(f"{_CODE}/{bundle.file}") as src, path.open("xb") as dst:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    dst.write(chunk)
+        except FileNotFoundError:
+            msg = f"code bundle {bundle.name} in store {self.store.url} has no file {bundle.file}"
+            raise StoreError(msg) from None
+        if bundle.hash is not None and f"xxh3_128:{h.hexdigest()}" != bundle.hash:
+            msg = f"code bundle {bundle.file} in store {self.store.url} does not match its hash"
+            raise StoreError(msg)
 
     def close(self) -> None:
         """Drop the fetched refs; pull_code names the commits it needs."""

@@ -1,36 +1,36 @@
-"""Push a run's whole lineage (run directories and code) to a store; pull it back anywhere.
+"""Push a run's whole lineage (run directories, code, inputs) to a store; list a store.
 
 Store layout (a directory, or any fsspec URL)::
 
     runs/<id>/manifest.json    id, stage, dir, status, dates, upstream ids, code commit and
-                               bundle, and every entry of the run directory:
-                               relpath → {size, hash} | {link} | {dir}
+                               bundle, every file of the run directory (relpath → {size,
+                               hash} | {dir}), and its inputs (data key → path, hash, files)
     runs/<id>/files/<relpath>  the run directory's files, as they are
     runs/<id>/COMPLETE         the manifest's hash, written last: the run is whole
-    code/<name>.bundle         git bundles of the snapshot commits (see _bundles.py)
-    code/<name>.json           a bundle's refs and prerequisites, written after it
+    code/<name>.json           a git bundle's refs, prerequisites and file (see _bundles.py)
+    data/<hex[:2]>/<hex>       input files (``push --data``), named by their xxh3-128 hash
+    tmp/                       writes in flight on a filesystem store, renamed when whole
 
 Listing ``runs/`` is the index. A push keeps one invariant at every moment: a file present
 under ``files/`` has the content the current ``manifest.json`` names. So it first removes
 COMPLETE and every stored file whose entry changes, then writes the new manifest, then uploads
-what is missing, checks the listing, and writes COMPLETE. A push killed anywhere is finished
-by the next one, which sends only what is missing; nothing looks complete before it is.
+what is missing (each upload hashed as it is sent: a file that changed meanwhile is refused),
+checks the listing, and writes COMPLETE. A push killed anywhere is finished by the next one,
+which sends only what is missing; nothing looks complete before it is. Concurrent pushers of
+the same runs write the same objects: none deletes what another is writing.
 
-A pull checks every path (store entries, the run.lock's ``dir`` and its upstreams' ``dir``,
-symlink targets) before writing anything: all stay inside the project, else
-:class:`UnsafePathError`. Each run directory is downloaded into a hidden sibling, verified
-against the manifest's hashes and renamed into place, so a failed pull leaves nothing behind.
+A symlink in a run directory is stored as the file it points to (it must stay inside the
+run): a store holds no links, and a pull never makes one on a store's say-so. The pull is in
+``_pull.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+import dataclasses
 import json
 import os
 import re
-import secrets
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,40 +38,36 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-import yaml
 
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run, resolve_runs
-from .._core._lock import RunLock, load_lock
+from .._core._lock import load_lock
 from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
-from .._core._yaml import load_yaml
-from ..errors import (
-    AmbiguousRunError,
-    DataError,
-    LockError,
-    RunNotFoundError,
-    StoreError,
-    UnsafePathError,
-)
-from ._bundles import COMMIT, CodeReport, has_git, pull_code, push_code
-from ._storage import (
-    Store,
-    link_target,
-    open_store,
-    parallel,
-    project_dir,
-    safe_relpath,
-)
+from ..errors import DataError, LockError, RunNotFoundError, StoreError, UnsafePathError
+from ._bundles import push_code
+from ._inputs import DATA, PushedInputs, expand, push_inputs, recorded_inputs
+from ._storage import Store, open_store, parallel, results_rel, run_dir, safe_relpath
 
-__all__ = ["PullReport", "PushReport", "StoredRun", "list_store", "pull", "push"]
+__all__ = [
+    "PushReport",
+    "StoredRun",
+    "digests",
+    "hash_file",
+    "list_store",
+    "marker",
+    "push",
+    "run_key",
+    "scan_dir",
+]
 
 FORMAT = 1
 _CHUNK_BYTES = 1 << 20
+_TMP_AGE_S = 24 * 3600  # a temporary object this old was left by a killed writer
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # run ids as run.lock may hold them
 
-Entry = dict[str, Any]  # {"size", "hash"} | {"link"} | {"dir": True}
+Entry = dict[str, Any]  # {"size", "hash"} | {"dir": True}
 
 
 # --------------------------------------------------------------------------- records
@@ -89,6 +85,8 @@ class StoredRun:
     bytes: int
     files: int
     complete: bool
+    inputs: str = "none"  # of its whole lineage: "stored", "missing N", "none", "unknown"
+    input_bytes: int = 0
 
 
 @dataclass
@@ -97,16 +95,7 @@ class PushReport:
 
     runs: list[dict[str, Any]] = field(default_factory=list)
     bundles: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
-
-
-@dataclass
-class PullReport:
-    """What a pull did: per run ``copied``, ``linked``, ``present`` or ``differs``."""
-
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    code: CodeReport | None = None
-    warnings: list[str] = field(default_factory=list)
+    inputs: PushedInputs | None = None
     duration_s: float = 0.0
 
 
@@ -130,7 +119,8 @@ class _LocalRun:
 # --------------------------------------------------------------------------- helpers
 
 
-def _run_key(run_id: str, name: str) -> str:
+def run_key(run_id: str, name: str) -> str:
+    """The store key of ``name`` in the store entry of run ``run_id``."""
     return f"runs/{safe_relpath(run_id, what='a run id')}/{name}"
 
 
@@ -143,7 +133,8 @@ def hash_file(path: Path) -> str:
     return f"xxh3_128:{h.hexdigest()}"
 
 
-def _marker(manifest: bytes) -> bytes:
+def marker(manifest: bytes) -> bytes:
+    """The COMPLETE marker of a manifest: its hash."""
     return f"xxh3_128:{xxhash.xxh3_128_hexdigest(manifest)}\n".encode()
 
 
@@ -154,6 +145,7 @@ def push(
     runs: Iterable[str | os.PathLike[str] | Run],
     *,
     store: str | os.PathLike[str] | None = None,
+    data: bool = False,
     git_remote: str | None = None,
     progress: bool | None = None,
 ) -> PushReport:
@@ -163,15 +155,18 @@ def push(
         runs: run directories, ``Run`` objects, unique run id prefixes, or directories of
             runs (a stage's: every run below it).
         store: a directory or an fsspec URL (default: ``[tool.xpkit] store``).
+        data: also push the input files the lineage's run.locks recorded (``data``), each
+            as the version its run read; a file changed since is reported, not pushed.
         git_remote: also push each snapshot commit as ``refs/xpkit/runs/<id>`` to this remote.
         progress: show a progress bar (default: when stderr is a terminal).
 
     Raises:
         StoreError: no store, or a run of the lineage is nowhere to be found.
-        UnsafePathError: a run directory is outside the project or has a symlink pointing out.
+        UnsafePathError: a run directory is not ``<results>/<stage>/<run name>``, or has a
+            symlink pointing out of it.
 
     Example:
-        >>> xp.push(["results/train/latest"], store="s3://bucket/xp")  # doctest: +SKIP
+        >>> xp.push(["results/train/latest"], store="s3://bucket/xp", data=True)  # doctest: +SKIP
     """
     t0 = time.monotonic()
     settings = load_settings()
@@ -179,6 +174,7 @@ def push(
     lineage = _lineage(resolve_runs(runs, settings=settings), settings, st)
     scans = {r.id: _scan(r) for r in lineage if r.path is not None}
     commits = {r.id: r.commit for r in lineage if r.path is not None and r.commit is not None}
+    st.sweep_tmp(older_than_s=_TMP_AGE_S)
     report = PushReport()
     holders, bundle = push_code(settings.root, st, commits, git_remote=git_remote)
     report.bundles = [bundle] if bundle else []
@@ -190,8 +186,21 @@ def push(
             code = {"commit": run.commit, "bundle": holders.get(run.commit)} if run.commit else None
             manifest = _manifest(run, scans[run.id], code)
             report.runs.append(_send(st, run, manifest, scans[run.id], bar))
+        if data:
+            files = [f for run in lineage for f in _inputs_of(st, run)]
+            report.inputs = push_inputs(st, settings, files, bar=bar)
     report.duration_s = round(time.monotonic() - t0, 3)
     return report
+
+
+def _inputs_of(st: Store, run: _LocalRun) -> list[Any]:
+    """The input files of a run of the lineage (from the store for a run only there)."""
+    if run.path is not None:
+        return expand(recorded_inputs(run.lock, run.path), run.id)
+    data = st.read_bytes(run_key(run.id, "manifest.json"))
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError, StoreError):
+        return expand(json.loads(data or b"")["inputs"], run.id)
+    return []
 
 
 def _row(run: _LocalRun, state: str, **counts: int) -> dict[str, Any]:
@@ -201,13 +210,15 @@ def _row(run: _LocalRun, state: str, **counts: int) -> dict[str, Any]:
 def _lineage(roots: Sequence[Run], settings: Settings, st: Store) -> list[_LocalRun]:
     """Every run of the lineage of ``roots``, each once, upstream runs first."""
     out: dict[str, _LocalRun] = {}
+    results = results_rel(settings)
 
     def visit(lock: Mapping[str, Any], path: Path | None) -> None:
         run_id = str(lock["id"])
         if run_id in out:
             return
-        rel = project_dir(lock["dir"], what=f"run.lock of run {run_id}")
-        ups = _upstream_locks(lock)
+        rel = lock["dir"]
+        run_dir(rel, stage=lock.get("stage"), results=results, what=f"run.lock of run {run_id}")
+        ups = upstream_locks(lock)
         if path is None:
             path = _locate(run_id, rel, settings)
         if path is None and not _complete(st, run_id):
@@ -225,7 +236,8 @@ def _lineage(roots: Sequence[Run], settings: Settings, st: Store) -> list[_Local
     return list(out.values())
 
 
-def _upstream_locks(lock: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def upstream_locks(lock: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The run.locks of a run's upstream runs, as its own run.lock holds them."""
     section = lock.get("upstream")
     if not isinstance(section, Mapping):
         return []
@@ -250,43 +262,39 @@ def _locate(run_id: str, rel: str, settings: Settings) -> Path | None:
 
 
 def _complete(st: Store, run_id: str) -> bool:
-    manifest = st.read_bytes(_run_key(run_id, "manifest.json"))
-    return manifest is not None and st.read_bytes(_run_key(run_id, "COMPLETE")) == _marker(manifest)
+    manifest = st.read_bytes(run_key(run_id, "manifest.json"))
+    return manifest is not None and st.read_bytes(run_key(run_id, "COMPLETE")) == marker(manifest)
 
 
 def _scan(run: _LocalRun) -> dict[str, Entry]:
-    """Every entry of a run directory: files hashed, links checked, empty dirs kept."""
+    """Every entry of a run directory: files hashed, links resolved to files, empty dirs kept."""
     assert run.path is not None
     top = run.path.resolve()
     what = f"run directory {run.dir}"
-    entries = _scan_dir(top)
-    for rel, entry in entries.items():
+    entries = scan_dir(top, what=what)
+    for rel in entries:
         safe_relpath(rel, what=what)
-        if "link" in entry:
-            entry["link"] = link_target(rel, entry["link"], what=what, top=top)
     if "run.lock" not in entries:
         msg = f"{what} has no run.lock"
         raise StoreError(msg)
     files = [rel for rel, e in entries.items() if "size" in e]
-    links = any("link" in e for e in entries.values())
-    digests = _digests(top, files, links=links)
+    hashes = digests(top, files)
     for rel in files:
-        entries[rel]["hash"] = digests[rel]
+        entries[rel]["hash"] = hashes[rel]
     return dict(sorted(entries.items()))
 
 
-def _digests(top: Path, files: Sequence[str], *, links: bool) -> Mapping[str, str]:
+def digests(top: Path, files: Sequence[str]) -> Mapping[str, str]:
     """File hashes through the shared hash cache (unchanged files are not read again).
 
-    The cached walk follows links, so a directory holding links is hashed file by file.
+    The cached walk follows links as the scan does: a link's relpath gets its file's hash.
     """
-    if not links:
-        from .._record._hashing import hash_path
+    from .._record._hashing import hash_path
 
-        with contextlib.suppress(DataError):
-            manifest = hash_path(top).manifest or {}
-            if all(rel in manifest for rel in files):
-                return manifest
+    with contextlib.suppress(DataError):
+        manifest = hash_path(top).manifest or {}
+        if all(rel in manifest for rel in files):
+            return manifest
     return {rel: hash_file(top / rel) for rel in files}
 
 
@@ -302,6 +310,7 @@ def _manifest(run: _LocalRun, entries: Mapping[str, Entry], code: Any) -> bytes:
         "ended": lock.get("ended"),
         "upstream": list(run.upstream),
         "code": code,
+        "inputs": recorded_inputs(lock, run.path) if run.path is not None else {},
         "bytes": sum(e.get("size", 0) for e in entries.values()),
         "files": entries,
     }
@@ -313,13 +322,12 @@ def _send(
 ) -> dict[str, Any]:
     """Make ``runs/<id>`` hold ``entries`` under ``manifest``; COMPLETE last."""
     assert run.path is not None
-    marker_key, manifest_key = _run_key(run.id, "COMPLETE"), _run_key(run.id, "manifest.json")
+    marker_key, manifest_key = run_key(run.id, "COMPLETE"), run_key(run.id, "manifest.json")
     files = {k: e for k, e in entries.items() if "hash" in e}
     old = st.read_bytes(manifest_key)
-    if old == manifest and st.read_bytes(marker_key) == _marker(manifest):
+    if old == manifest and st.read_bytes(marker_key) == marker(manifest):
         return _row(run, "unchanged", files=len(files), sent_files=0, sent_bytes=0)
-    source = st.local_path(_run_key(run.id, "files"))
-    if source is not None and run.path.resolve() == source.resolve():
+    if _linked_from(st, run.id) == run.path.resolve():
         # the run dir is a --link into this very store: its files are the stored ones
         msg = (
             f"run {run.id} ({run.dir}) is linked from this store and differs from its manifest; "
@@ -327,38 +335,51 @@ def _send(
         )
         raise StoreError(msg)
     old_files = _manifest_files(old)
-    files_prefix = _run_key(run.id, "files")
+    files_prefix = run_key(run.id, "files")
     st.remove([marker_key])
     present = st.sizes(files_prefix)
     stale = [k for k in present if k not in files or old_files.get(k) != files[k]]
-    st.remove([f"{files_prefix}/{k}" for k in stale])
+    st.remove([f"{files_prefix}/{k}" for k in [*stale, *st.strays(files_prefix)]])
     st.write_bytes(manifest_key, manifest)
     stale_set = set(stale)
     kept = {k: n for k, n in present.items() if k not in stale_set}
     todo = [k for k, e in files.items() if kept.get(k) != e["size"]]
     bar.grow(sum(files[k]["size"] for k in todo))
 
+    top = run.path
+
     def upload(rel: str) -> None:
-        st.put_file(run.path / rel, f"{files_prefix}/{rel}")  # type: ignore[operator]
+        want = files[rel]["hash"]
+        if st.put_file(top / rel, f"{files_prefix}/{rel}", expect=want) != want:
+            msg = f"{run.dir}/{rel} changed while it was pushed; push again"
+            raise StoreError(msg)
         bar.advance(files[rel]["size"])
 
     parallel(upload, todo)
     _check_sizes(st, run.id, files)
-    st.write_bytes(marker_key, _marker(manifest))
+    st.write_bytes(marker_key, marker(manifest))
     sent = sum(files[k]["size"] for k in todo)
     return _row(run, "sent", files=len(files), sent_files=len(todo), sent_bytes=sent)
+
+
+def _linked_from(st: Store, run_id: str) -> Path | None:
+    """The real path of a run's files in a filesystem store (None: remote, or not there)."""
+    try:
+        return st.local_dir(run_key(run_id, "files"))
+    except (OSError, StoreError):
+        return None
 
 
 def _manifest_files(data: bytes | None) -> dict[str, Entry]:
     try:
         files = json.loads(data or b"")["files"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
     return files if isinstance(files, dict) else {}
 
 
 def _check_sizes(st: Store, run_id: str, files: Mapping[str, Entry]) -> None:
-    stored = st.sizes(_run_key(run_id, "files"))
+    stored = st.sizes(run_key(run_id, "files"))
     wrong = [k for k, e in files.items() if stored.get(k) != e["size"]]
     if wrong:
         msg = (
@@ -367,254 +388,16 @@ def _check_sizes(st: Store, run_id: str, files: Mapping[str, Entry]) -> None:
         raise StoreError(msg)
 
 
-# --------------------------------------------------------------------------- pull
+def scan_dir(top: Path, *, what: str) -> dict[str, Entry]:
+    """Entries of a local run directory without hashing: file sizes, empty directories.
 
-
-@dataclass(frozen=True)
-class _PullPlan:
-    manifest: Mapping[str, Any]
-    target: Path
-    action: str  # fetch | present | differs
-    differing: tuple[str, ...] = ()
-
-    @property
-    def id(self) -> str:
-        return str(self.manifest["id"])
-
-
-def pull(
-    run: str,
-    *,
-    store: str | os.PathLike[str] | None = None,
-    link: bool = False,
-    progress: bool | None = None,
-) -> PullReport:
-    """Bring a run and its whole lineage back from a store into this project.
-
-    Run directories go to their recorded paths (verified against the stored hashes), the
-    code snapshot commits into the repository (``refs/xpkit/runs/<id>``, and the snapshot
-    branch when it can move forward). A run already here is left alone, reported when it
-    differs. Every path is checked before anything is written.
-
-    Args:
-        run: a unique prefix of the run id.
-        store: a directory or an fsspec URL (default: ``[tool.xpkit] store``).
-        link: symlink run directories to a filesystem store instead of copying.
-        progress: show a progress bar (default: when stderr is a terminal).
+    A symlink counts as the file it points to, which must lie inside ``top``.
 
     Raises:
-        RunNotFoundError: no run (or several) in the store matches ``run``.
-        UnsafePathError: a store entry or run.lock would write outside the project.
-        StoreError: the run is incomplete in the store, or a file fails verification.
-
-    Example:
-        >>> xp.pull("3fa9", store="/shared/xp-store", link=True)  # doctest: +SKIP
+        UnsafePathError: a symlink points out of ``top``, to a directory, or nowhere.
     """
-    t0 = time.monotonic()
-    settings = load_settings()
-    st = open_store(store, settings)
-    if link and st.local_path("runs") is None:
-        msg = f"--link needs a store on a filesystem, not {st.url}; pull without --link to copy"
-        raise StoreError(msg)
-    manifests = _stored_lineage(st, _match(st, run))
-    plans = [_plan_pull(st, settings, m, link=link) for m in manifests]
-    _check_nesting(plans)
-    report = PullReport()
-    commits = {p.id: p.manifest["code"]["commit"] for p in plans if p.manifest.get("code")}
-    if commits and has_git(settings.root):
-        report.code = pull_code(settings.root, st, commits, branch=settings.branch)
-        if report.code.missing:
-            report.warnings.append(
-                f"code commits not in the store: {', '.join(report.code.missing)}"
-            )
-    elif commits:
-        report.warnings.append(f"{settings.root} is not a git repository: code not pulled")
-    with ProgressBar("pull", total=0, enabled=progress, in_bytes=True) as bar:
-        for plan in plans:
-            action = plan.action
-            if action == "fetch":
-                action = "linked" if link else "copied"
-                (_link_run if link else _copy_run)(st, plan, bar)
-            report.runs.append(_pulled(plan, action))
-    report.duration_s = round(time.monotonic() - t0, 3)
-    return report
-
-
-def _pulled(plan: _PullPlan, state: str) -> dict[str, Any]:
-    m = plan.manifest
-    return {"id": plan.id, "stage": m.get("stage"), "dir": m["dir"], "state": state,
-            "differing": list(plan.differing)}  # fmt: skip
-
-
-def _match(st: Store, prefix: str) -> str:
-    ids = [i for i in st.children("runs") if _ID.fullmatch(i)]
-    if prefix in ids:
-        return prefix
-    matches = [i for i in ids if i.startswith(prefix)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        some = ", ".join(matches[:5])
-        msg = f"run id prefix {prefix!r} matches {len(matches)} runs in {st.url}: {some}"
-        raise AmbiguousRunError(msg)
-    msg = f"no run with id prefix {prefix!r} in store {st.url}"
-    raise RunNotFoundError(msg)
-
-
-def _stored_lineage(st: Store, run_id: str) -> list[Mapping[str, Any]]:
-    """The manifests of a stored run and of its whole lineage, upstream runs first."""
-    out: dict[str, Mapping[str, Any]] = {}
-
-    def visit(rid: str, needed_by: str | None) -> None:
-        if rid in out:
-            return
-        data = st.read_bytes(_run_key(rid, "manifest.json"))
-        if data is None or st.read_bytes(_run_key(rid, "COMPLETE")) != _marker(data):
-            by = f" (upstream of {needed_by})" if needed_by else ""
-            msg = f"run {rid}{by} is not complete in store {st.url}; push it again"
-            raise StoreError(msg)
-        manifest = _parse_manifest(data, rid)
-        for up in manifest["upstream"]:
-            visit(up, rid)
-        out[rid] = manifest
-
-    visit(run_id, None)
-    return list(out.values())
-
-
-def _parse_manifest(data: bytes, run_id: str) -> Mapping[str, Any]:
-    """The manifest of ``run_id``, every path in it checked."""
-    what = f"store manifest of run {run_id}"
-    try:
-        manifest = json.loads(data)
-        ok = manifest["id"] == run_id and isinstance(manifest["files"], dict)
-        ok = ok and all(isinstance(u, str) and _ID.fullmatch(u) for u in manifest["upstream"])
-        code = manifest.get("code")
-        ok = ok and (code is None or bool(COMMIT.fullmatch(str(code["commit"]))))
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        msg = f"{what} is not valid"
-        raise StoreError(msg)
-    assert isinstance(manifest, dict)
-    project_dir(manifest["dir"], what=what)
-    links = []
-    for rel, entry in manifest["files"].items():
-        safe_relpath(rel, what=what)
-        _check_entry(entry, rel, what=what)
-        if "link" in entry:
-            link_target(rel, entry["link"], what=what)
-            links.append(rel)
-    for rel in manifest["files"]:
-        if any(rel.startswith(f"{link}/") for link in links):
-            msg = f"unsafe path {rel!r} in {what}: it lies below the symlink {rel.split('/')[0]}"
-            raise UnsafePathError(msg)
-    return manifest
-
-
-def _check_entry(entry: Any, rel: str, *, what: str) -> None:
-    ok = isinstance(entry, dict) and (
-        (isinstance(entry.get("size"), int) and isinstance(entry.get("hash"), str))
-        or isinstance(entry.get("link"), str)
-        or entry.get("dir") is True
-    )
-    if not ok:
-        msg = f"{what}: entry {rel!r} is not a file, link or directory record"
-        raise StoreError(msg)
-
-
-def _plan_pull(
-    st: Store, settings: Settings, manifest: Mapping[str, Any], *, link: bool
-) -> _PullPlan:
-    """What to do with one run; checks its stored run.lock; writes nothing."""
-    run_id, rel = str(manifest["id"]), str(manifest["dir"])
-    lock = _stored_lock(st, manifest)
-    if lock.id != run_id or lock.dir != rel:
-        msg = (
-            f"stored run.lock of run {run_id} says id {lock.id!r}, dir {lock.dir!r}; "
-            f"its manifest says dir {rel!r}"
-        )
-        raise UnsafePathError(msg)
-    _check_lock_dirs(lock.to_dict(), what=f"stored run.lock of run {run_id}")
-    target = settings.root / rel
-    if not (target.exists() or target.is_symlink()):
-        return _PullPlan(manifest, target, "fetch")
-    try:
-        local_id = load_lock(target / "run.lock").id
-    except LockError:
-        local_id = None
-    if local_id != run_id:
-        msg = f"{rel} exists here and is not run {run_id}; move it away to pull the run"
-        raise StoreError(msg)
-    if target.is_symlink() and link:
-        return _PullPlan(manifest, target, "present")
-    differing = _differing(target, manifest["files"])
-    return _PullPlan(manifest, target, "differs" if differing else "present", tuple(differing))
-
-
-def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
-    run_id = str(manifest["id"])
-    if "hash" not in manifest["files"].get("run.lock", {}):
-        msg = f"run {run_id} in store {st.url} has no run.lock"
-        raise StoreError(msg)
-    data = st.read_bytes(_run_key(run_id, "files/run.lock"))
-    if (
-        data is None
-        or f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}" != manifest["files"]["run.lock"]["hash"]
-    ):
-        msg = f"run.lock of run {run_id} in store {st.url} is missing or does not match its hash"
-        raise StoreError(msg)
-    try:
-        parsed = load_yaml(data)
-    except yaml.YAMLError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        msg = f"run.lock of run {run_id} in store {st.url} is not a YAML mapping"
-        raise LockError(msg)
-    return RunLock.from_dict(parsed, source=f"{st.url}/runs/{run_id}/files/run.lock")
-
-
-def _check_lock_dirs(lock: Mapping[str, Any], *, what: str) -> None:
-    """Every ``dir`` of a run.lock and of its upstream locks, recursively, stays inside."""
-    project_dir(lock.get("dir"), what=what)
-    for up in _upstream_locks(lock):
-        _check_lock_dirs(up, what=what)
-
-
-def _check_nesting(plans: Sequence[_PullPlan]) -> None:
-    """Refuse a run directory inside another one of the same pull (it could be a link)."""
-    dirs = {str(p.manifest["dir"]) for p in plans}
-    for rel in dirs:
-        parts = rel.split("/")
-        outer = next((d for i in range(1, len(parts)) if (d := "/".join(parts[:i])) in dirs), None)
-        if outer is not None:
-            msg = (
-                f"unsafe path {rel!r} in store: a run directory inside the run directory {outer!r}"
-            )
-            raise UnsafePathError(msg)
-
-
-def _differing(target: Path, entries: Mapping[str, Entry]) -> list[str]:
-    """Paths where the local run directory differs from the manifest (extra files too)."""
-    local = _scan_dir(target)
-    return [
-        rel
-        for rel in sorted(set(local) | set(entries))
-        if _differs(target, rel, entries.get(rel), local.get(rel))
-    ]
-
-
-def _differs(top: Path, rel: str, want: Entry | None, have: Entry | None) -> bool:
-    if want is None or have is None or want.get("link") != have.get("link"):
-        return True
-    if "hash" not in want:
-        return False
-    return bool(have.get("size") != want["size"] or hash_file(top / rel) != want["hash"])
-
-
-def _scan_dir(top: Path) -> dict[str, Entry]:
-    """Entries of a local directory without hashing (sizes and link targets)."""
     out: dict[str, Entry] = {}
+    real_top = top.resolve()
     for dirpath, dirnames, filenames in os.walk(top):
         base = Path(dirpath)
         prefix = base.relative_to(top).as_posix()
@@ -624,64 +407,39 @@ def _scan_dir(top: Path) -> dict[str, Entry]:
         for name in [*dirnames, *filenames]:
             path = base / name
             if path.is_symlink():
-                out[f"{prefix}{name}"] = {"link": os.readlink(path)}
-            elif path.is_file():
+                _check_link(path, real_top, f"{prefix}{name}", what=what)
+            if path.is_file():
                 out[f"{prefix}{name}"] = {"size": path.stat().st_size}
         dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
     return out
 
 
-def _copy_run(st: Store, plan: _PullPlan, bar: ProgressBar) -> None:
-    """Download into a hidden sibling, verify every hash, then rename into place."""
-    run_id, entries = plan.id, plan.manifest["files"]
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    for left in plan.target.parent.glob(f".{glob.escape(plan.target.name)}.*.xpkit-pull"):
-        shutil.rmtree(left, ignore_errors=True)  # left by a pull that was killed
-    tmp = plan.target.with_name(f".{plan.target.name}.{secrets.token_hex(4)}.xpkit-pull")
-    files = [k for k, e in entries.items() if "hash" in e]
-    bar.grow(sum(entries[k]["size"] for k in files))
-
-    def download(rel: str) -> None:
-        dest = tmp / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        st.get_file(_run_key(run_id, f"files/{rel}"), dest)
-        if hash_file(dest) != entries[rel]["hash"]:
-            msg = f"{rel} of run {run_id} in store {st.url} does not match its hash; push it again"
-            raise StoreError(msg)
-        bar.advance(entries[rel]["size"])
-
-    try:
-        tmp.mkdir()
-        parallel(download, files)
-        for rel, entry in entries.items():
-            if entry.get("dir"):
-                (tmp / rel).mkdir(parents=True, exist_ok=True)
-            elif "link" in entry:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(entry["link"], tmp / rel)
-        os.rename(tmp, plan.target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _link_run(st: Store, plan: _PullPlan, bar: ProgressBar) -> None:
-    """Symlink the run directory to its files in a filesystem store (sizes checked)."""
-    files = {k: e for k, e in plan.manifest["files"].items() if "hash" in e}
-    _check_sizes(st, plan.id, files)
-    source = st.local_path(_run_key(plan.id, "files"))
-    assert source is not None
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(source, plan.target, target_is_directory=True)
+def _check_link(path: Path, top: Path, rel: str, *, what: str) -> None:
+    target = path.resolve()
+    if top in target.parents and target.is_file():
+        return
+    msg = (
+        f"unsafe symlink {rel} -> {os.readlink(path)} in {what}: only links to a file inside "
+        "the run directory can be shared (it is stored as that file)"
+    )
+    raise UnsafePathError(msg)
 
 
 # --------------------------------------------------------------------------- ls
 
 
-def _stored_run(run_id: str, data: bytes | None, *, complete: bool) -> StoredRun:
+def _parse_stored(data: bytes | None) -> Mapping[str, Any] | None:
     try:
         m = json.loads(data or b"")
-        files = sum(1 for e in m["files"].values() if "hash" in e)
+    except (ValueError, RecursionError):  # a store's junk: too deep to parse
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def _stored_run(run_id: str, m: Mapping[str, Any] | None, *, complete: bool) -> StoredRun:
+    if m is None:
+        return StoredRun(run_id, "?", "?", "", "?", 0, 0, complete=False, inputs="unknown")
+    try:
         return StoredRun(
             id=run_id,
             stage=str(m.get("stage")),
@@ -689,24 +447,69 @@ def _stored_run(run_id: str, data: bytes | None, *, complete: bool) -> StoredRun
             started=str(m.get("started") or ""),
             status=str(m.get("status")),
             bytes=int(m.get("bytes") or 0),
-            files=files,
+            files=sum(1 for e in m["files"].values() if isinstance(e, dict) and "hash" in e),
             complete=complete,
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return StoredRun(run_id, "?", "?", "", "?", 0, 0, complete=False)
+    except (ValueError, TypeError):
+        return StoredRun(run_id, "?", "?", "", "?", 0, 0, complete=False, inputs="unknown")
+
+
+def _inputs_state(
+    run_id: str, manifests: Mapping[str, Mapping[str, Any] | None], objects: Mapping[str, int]
+) -> tuple[str, int]:
+    """Whether the inputs of a stored run's lineage are in the store, and their recorded size.
+
+    ``stored``, ``missing N`` (files), ``none`` (no inputs), ``unknown`` (a run of the lineage
+    was pushed by an older xpkit, or is not in the store), ``invalid``.
+    """
+    files: dict[str, Any] = {}
+    sizes: dict[str, int] = {}  # data hash -> bytes: the same input read twice counts once
+    todo, seen = [run_id], set()
+    while todo:
+        rid = todo.pop()
+        m = manifests.get(rid)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        if m is None or not isinstance(m.get("inputs"), dict):
+            return "unknown", 0
+        try:
+            files.update((f.hash, f) for f in expand(m["inputs"], rid))
+            sizes.update((e["hash"], int(e.get("bytes") or 0)) for e in m["inputs"].values())
+        except (StoreError, UnsafePathError, TypeError, ValueError, AttributeError):
+            return "invalid", 0
+        todo += [u for u in m.get("upstream") or () if isinstance(u, str)]
+    if not files:
+        return "none", 0
+    missing = [f for f in files.values() if f.key[len(DATA) + 1 :] not in objects]
+    return (f"missing {len(missing)}" if missing else "stored"), sum(sizes.values())
 
 
 def list_store(store: str | os.PathLike[str] | None = None) -> list[StoredRun]:
     """What a store holds: one record per run, oldest first.
+
+    ``inputs`` tells whether the input files of the run's whole lineage are in the store
+    (``push --data``); ``input_bytes`` is their size as the runs recorded it.
 
     Example:
         >>> [r.id for r in xp.list_store("/shared/xp-store") if r.complete]  # doctest: +SKIP
     """
     settings = load_settings()
     st = open_store(store, settings)
-    runs = []
+    objects = st.sizes(DATA)
+    manifests: dict[str, Mapping[str, Any] | None] = {}
+    complete: dict[str, bool] = {}
     for run_id in st.children("runs"):
-        data = st.read_bytes(_run_key(run_id, "manifest.json"))
-        complete = data is not None and st.read_bytes(_run_key(run_id, "COMPLETE")) == _marker(data)
-        runs.append(_stored_run(run_id, data, complete=complete))
+        data = st.read_bytes(run_key(run_id, "manifest.json"))
+        manifests[run_id] = _parse_stored(data)
+        complete[run_id] = data is not None and st.read_bytes(
+            run_key(run_id, "COMPLETE")
+        ) == marker(data)
+    runs = []
+    for run_id, m in manifests.items():
+        run = _stored_run(run_id, m, complete=complete[run_id])
+        if m is not None:
+            inputs, size = _inputs_state(run_id, manifests, objects)
+            run = dataclasses.replace(run, inputs=inputs, input_bytes=size)
+        runs.append(run)
     return sorted(runs, key=lambda r: (r.started, r.id))
