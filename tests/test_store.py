@@ -103,6 +103,24 @@ def test_push_sends_only_what_the_store_lacks(
     assert meta["prerequisites"], "the new bundle builds on the first one"
 
 
+def test_push_never_sends_the_temporary_file_of_a_killed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``.run.lock~host~pid~tid.tmp`` left by a writer killed mid-write is no part of the
+    run: it is not pushed (nor listed in the stored manifest)."""
+    a, _ = make_repo(tmp_path)
+    monkeypatch.chdir(a)
+    _, train = lineage(a)
+    leftover = a / train.dir / ".run.lock~vm~4242~7f.tmp"
+    leftover.write_bytes(b"xpkit: 1\nid: torn")
+    store = tmp_path / "store"
+    push([a / train.dir], store=store)
+    stored = store / "runs" / train.id
+    assert (stored / "files" / "model.bin").is_file()
+    assert not (stored / "files" / leftover.name).exists()
+    assert leftover.name not in (stored / "manifest.json").read_text()
+
+
 def test_push_of_a_stage_directory_sends_all_its_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

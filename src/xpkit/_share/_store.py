@@ -42,6 +42,7 @@ import xxhash
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run, resolve_runs
 from .._core._lock import load_lock
+from .._core._paths import is_write_temp
 from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
 from ..errors import DataError, LockError, RunNotFoundError, StoreError, UnsafePathError
@@ -391,7 +392,8 @@ def _check_sizes(st: Store, run_id: str, files: Mapping[str, Entry]) -> None:
 def scan_dir(top: Path, *, what: str) -> dict[str, Entry]:
     """Entries of a local run directory without hashing: file sizes, empty directories.
 
-    A symlink counts as the file it points to, which must lie inside ``top``.
+    A symlink counts as the file it points to, which must lie inside ``top``. The temporary
+    file of an atomic write left by a killed writer is no part of the run: never pushed.
 
     Raises:
         UnsafePathError: a symlink points out of ``top``, to a directory, or nowhere.
@@ -404,7 +406,7 @@ def scan_dir(top: Path, *, what: str) -> dict[str, Entry]:
         prefix = "" if prefix == "." else f"{prefix}/"
         if not dirnames and not filenames and prefix:
             out[prefix[:-1]] = {"dir": True}
-        for name in [*dirnames, *filenames]:
+        for name in [*dirnames, *(f for f in filenames if not is_write_temp(f))]:
             path = base / name
             if path.is_symlink():
                 _check_link(path, real_top, f"{prefix}{name}", what=what)
