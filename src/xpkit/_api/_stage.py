@@ -258,14 +258,23 @@ class Stage(Generic[R]):
         return list(done.jobs) if done.jobs else list(done.runs)
 
     def _sweep(
-        self, points: list[dict[str, Any]], backend: Backend, *, base: DictConfig, src: bool = True
+        self,
+        points: list[dict[str, Any]],
+        backend: Backend,
+        *,
+        base: DictConfig,
+        src: bool = True,
+        reuse: bool | None = None,
     ) -> Sweep:
         """One run of this stage per point (``Stage.sweep``, ``--sweep``)."""
         from .._parallel._sweep import SweepFailed, sweep_stage
 
         configs = [_apply_kwargs(base, point) for point in points]
+        reuse = self.reuse if reuse is None else reuse
         try:
-            done = sweep_stage(self, configs, points, backend, src=src, hooks=(TRACKING,))
+            done = sweep_stage(
+                self, configs, points, backend, src=src, hooks=(TRACKING,), reuse=reuse
+            )
         except SweepFailed as e:
             if e.sweep.last is not None:
                 self._remember(e.sweep.last)

@@ -37,9 +37,12 @@ from ..errors import ConfigError, TaskError, TasksFailed
 from . import _tasks
 from ._backends import Backend, Done
 from ._jobs import job_states, unfinished
+from ._shipped import Shipment, tree_of_section
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from .._record._codetree import CodeTree
 
 __all__ = ["MapOptions", "MapWork", "map_stage"]
 
@@ -177,8 +180,15 @@ class _MapBody:
         state = _tasks.scan_done(paths, len(self.todo))
         pending = state.pending()
         section = self._section(active, state)
+        code = None
+        if not self.backend.in_process:  # workers run the snapshot taken as the map started
+            code = active.plan.code or tree_of_section(
+                active.lock.src, active.settings, active.logger
+            )
+        work = MapWork.of(active, self.options.key, code=code)
+        if not self.backend.in_process:
+            section["code"] = work.shipment.commit
         active.update_lock(tasks=section)
-        work = MapWork.of(active, self.options.key)
         if self.backend.detached and pending:
             submitted = self.backend.run(work, pending, lambda done: False)
             assert submitted is not None
@@ -284,8 +294,7 @@ class MapWork:
     again on a resume or a requeue.
     """
 
-    stage: StageInfo
-    config: DictConfig
+    shipment: Shipment
     key: str | None
     run_dir: Path
     run_id: str
@@ -294,11 +303,10 @@ class MapWork:
     cwd: str
 
     @classmethod
-    def of(cls, active: ActiveRun, key: str | None) -> MapWork:
-        """The work of the running map ``active``."""
+    def of(cls, active: ActiveRun, key: str | None, *, code: CodeTree | None = None) -> MapWork:
+        """The work of the running map ``active``; workers import ``code`` (None: live)."""
         return cls(
-            stage=active.stage,
-            config=active.config,
+            shipment=Shipment(active.stage, [active.config], code),
             key=key,
             run_dir=active.paths.dir,
             run_id=active.id,
@@ -306,6 +314,21 @@ class MapWork:
             settings=active.settings,
             cwd=os.getcwd(),
         )
+
+    @property
+    def stage(self) -> StageInfo:
+        """The stage (in a worker: imported from the snapshot's code tree)."""
+        return self.shipment.stage
+
+    @property
+    def config(self) -> DictConfig:
+        """The map's resolved config."""
+        return self.shipment.configs[0]
+
+    @property
+    def code(self) -> CodeTree | None:
+        """The code tree workers import from (None: the live working tree)."""
+        return self.shipment.code
 
     @property
     def paths(self) -> RunPaths:
