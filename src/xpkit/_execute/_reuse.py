@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .._core._settings import Settings
     from .._record._plan import RunPlan
 
-__all__ = ["find_reusable", "reuse_run"]
+__all__ = ["Now", "comparable", "find_reusable", "reuse_run"]
 
 _MAX_DEPTH = 20
 
@@ -64,10 +64,10 @@ def reuse_run(plan: RunPlan) -> Run | None:
 def find_reusable(plan: RunPlan) -> Run | None:
     """The newest completed run ``plan`` would repeat, its return value in ``run.result``."""
     settings = plan.settings
-    want = _comparable(_config.to_plain(plan.config))
-    now = _Now(settings)
+    want = comparable(_config.to_plain(plan.config))
+    now = Now(settings)
     for run_dir, head in _candidates(plan):
-        if _comparable(dict(head.config)) != want or not _same_inputs(plan, head, now, run_dir):
+        if comparable(dict(head.config)) != want or not _same_inputs(plan, head, now, run_dir):
             continue
         value = load_result(run_dir, settings)
         if value is NOT_KEPT:
@@ -101,7 +101,7 @@ def _candidates(plan: RunPlan) -> list[tuple[Path, RunLock]]:
     return sorted(heads, key=lambda pair: pair[1].started, reverse=True)
 
 
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config without ``save_dir``; values below it written relative to it."""
     save_dir = str(config.get("save_dir") or "")
     return {k: _rebased(v, save_dir) for k, v in config.items() if k != "save_dir"}
@@ -117,7 +117,7 @@ def _rebased(value: Any, save_dir: str) -> Any:
     return value
 
 
-def _same_inputs(plan: RunPlan, head: RunLock, now: _Now, run_dir: Path) -> bool:
+def _same_inputs(plan: RunPlan, head: RunLock, now: Now, run_dir: Path) -> bool:
     """Same code and data (from the head), then same upstream runs (from the full lock)."""
     if _changed(head.to_dict(), now, depth=0, upstream=False):
         return False
@@ -129,7 +129,7 @@ def _same_inputs(plan: RunPlan, head: RunLock, now: _Now, run_dir: Path) -> bool
     return all(_same_upstream(plan, lock, str(key), entry, now) for key, entry in upstream)
 
 
-def _same_upstream(plan: RunPlan, lock: RunLock, key: str, entry: Any, now: _Now) -> bool:
+def _same_upstream(plan: RunPlan, lock: RunLock, key: str, entry: Any, now: Now) -> bool:
     """Whether a recorded upstream run is still the one this call would consume."""
     if not isinstance(entry, Mapping):
         return False
@@ -156,6 +156,7 @@ def _current_id(plan: RunPlan, key: str) -> str | None:
 
 
 def plan_id(settings: Settings, value: Any) -> str | None:
+    """The id of the run in the directory ``value`` (relative to the project root), or None."""
     if not isinstance(value, (str, os.PathLike)):
         return None
     with contextlib.suppress(XpkitError, OSError):
@@ -163,7 +164,7 @@ def plan_id(settings: Settings, value: Any) -> str | None:
     return None
 
 
-def _changed(lock: Mapping[str, Any], now: _Now, *, depth: int, upstream: bool) -> bool:
+def _changed(lock: Mapping[str, Any], now: Now, *, depth: int, upstream: bool) -> bool:
     """Whether the code or data recorded in ``lock`` differ from today's (and, with
     ``upstream``, those of the runs it recorded, recursively)."""
     if depth > _MAX_DEPTH:
@@ -191,7 +192,7 @@ def _changed(lock: Mapping[str, Any], now: _Now, *, depth: int, upstream: bool) 
     return False
 
 
-class _Now:
+class Now:
     """Today's blobs, data hashes and run ids, each computed once per reuse check."""
 
     def __init__(self, settings: Settings) -> None:

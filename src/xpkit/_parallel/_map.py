@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,8 +67,13 @@ def map_stage(
     fds: bool = False,
     src: bool = True,
     hooks: Sequence[RunHook] = (),
+    code: CodeTree | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``stage`` over ``tasks`` as one tracked run; see ``Stage.map``.
+
+    ``code``: the stage was imported from this code tree (``xp rerun``); ``extra``: keys
+    added to run.lock.
 
     Raises:
         TaskError: the tasks or the resumed run cannot be used (nothing ran).
@@ -99,6 +104,8 @@ def map_stage(
             resume=options.resume,
             body=body,
             hooks=hooks,
+            code=code,
+            extra=extra or {},
         )
         result = execute(request)
     if backend.detached:  # the workers may end the run from now on

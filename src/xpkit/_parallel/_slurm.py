@@ -89,6 +89,7 @@ class SlurmBackend:
             slices = chunks(indices, count)
             jobs = [ArrayJob(work, s) for s in slices]
             details = {"mode": "array", "chunks": len(slices)}
+        details["slurm"] = dict(self.options)  # what a rerun of the map submits again
         with executor.batch():
             submitted = [executor.submit(job) for job in jobs]
         return Submitted(tuple(str(job.job_id) for job in submitted), details)
