@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._catalog._run import Run
 from .._catalog._runindex import RunIndex
-from .._catalog._runs import find_run_dirs
 from .._core import _config
 from .._core._lock import RunLock, load_lock
 from .._core._paths import display_path, point_latest
@@ -66,8 +65,11 @@ def find_reusable(plan: RunPlan) -> Run | None:
     settings = plan.settings
     want = comparable(_config.to_plain(plan.config))
     now = Now(settings)
-    for run_dir, head in _candidates(plan):
-        if comparable(dict(head.config)) != want or not _same_inputs(plan, head, now, run_dir):
+    for where, head in _candidates(plan):
+        if comparable(dict(head.config)) != want:
+            continue
+        run_dir = Path(where)
+        if not _same_inputs(plan, head, now, run_dir):
             continue
         value = load_result(run_dir, settings)
         if value is NOT_KEPT:
@@ -78,27 +80,39 @@ def find_reusable(plan: RunPlan) -> Run | None:
     return None
 
 
-def _candidates(plan: RunPlan) -> list[tuple[Path, RunLock]]:
-    """Completed single runs of the stage near where this one would go, newest first."""
+def _candidates(plan: RunPlan) -> list[tuple[str, RunLock]]:
+    """Completed single runs of the stage beside where this one would go, newest first."""
     settings = plan.settings
     places = {
-        settings.resolve(str(plan.config.save_dir)).parent,
-        settings.results_path / plan.stage.name,
+        str(settings.resolve(str(plan.config.save_dir)).parent),
+        str(settings.results_path / plan.stage.name),
     }
-    dirs = find_run_dirs([p for p in places if p.is_dir()], settings=settings) if places else []
     index = RunIndex(settings.results_path / ".xpkit" / "runs.json")  # as ``xp ls`` keeps it
     heads = []
-    for run_dir in dirs:
+    for lock_path in (lock for place in sorted(places) for lock in _locks_in(place)):
         try:
-            head = index.head(os.path.join(run_dir, "run.lock"))
+            head = index.head(lock_path)
         except LockError:
             continue
-        single = head.tasks is None and head.status == "completed"
-        if single and head.stage == plan.stage.name:
-            heads.append((Path(run_dir), head))
+        if head.tasks is None and head.status == "completed" and head.stage == plan.stage.name:
+            heads.append((os.path.dirname(lock_path), head))
     with contextlib.suppress(OSError):
         index.save()
     return sorted(heads, key=lambda pair: pair[1].started, reverse=True)
+
+
+def _locks_in(place: str) -> list[str]:
+    """The run.lock paths of the run directories right below ``place`` (one listing: a
+    directory without run.lock is skipped by the index's stat)."""
+    try:
+        entries = list(os.scandir(place))
+    except OSError:
+        return []
+    return [
+        os.path.join(e.path, "run.lock")
+        for e in entries
+        if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+    ]
 
 
 def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
