@@ -53,6 +53,9 @@ _MAX_DEPTH = 20
 def reuse_run(plan: RunPlan) -> Run | None:
     """The completed run to give back instead of running ``plan`` (announced, recorded), or
     None: run it."""
+    if not (plan.src and plan.stage.src and plan.settings.src):
+        _say(plan, "no run reused: reuse compares the code snapshot, and this run takes none")
+        return None
     found = find_reusable(plan)
     if found is None:
         return None
@@ -264,14 +267,19 @@ class Now:
         return plan_id(self.settings, where)
 
 
+def _say(plan: RunPlan, message: str, run_id: str = "-") -> None:
+    """One line on the run's logger (stdout, and the calling run's run.log)."""
+    logger = make_logger(plan.stage.name, run_id)
+    try:
+        logger.info(message)
+    finally:
+        drop_logger(logger)
+
+
 def _announce(plan: RunPlan, run: Run) -> None:
     """Say so, point ``latest`` at it, and record the reuse (here and in a calling run)."""
     lock = run.lock
-    logger = make_logger(plan.stage.name, lock.id)
-    try:
-        logger.info("reused run %s (nothing changed): %s", lock.id, display_path(run.dir))
-    finally:
-        drop_logger(logger)
+    _say(plan, f"reused run {lock.id} (nothing changed): {display_path(run.dir)}", lock.id)
     if plan.settings.results_path.resolve() in run.dir.resolve().parents:
         point_latest(run.dir)
     parent = active_run()
