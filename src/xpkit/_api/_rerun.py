@@ -274,13 +274,14 @@ def _map_spec(
             msg = f"map {lock.id} has no failed or missing task to rerun"
             raise RerunError(msg)
     recorded = dict(lock.tasks)
+    chosen = backend or str(recorded.get("backend") or "serial")
     return {
         "tasks": [todo[i] for i in indices],
         "indices": indices if failed else None,
         "key": recorded.get("key"),
-        "backend": backend or str(recorded.get("backend") or "serial"),
+        "backend": chosen,
         "jobs": jobs,
-        "slurm": dict(recorded.get("slurm") or {}) if (backend or "slurm") == "slurm" else {},
+        "slurm": dict(recorded.get("slurm") or {}) if chosen == "slurm" else {},
     }
 
 
