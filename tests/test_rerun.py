@@ -357,3 +357,16 @@ def test_a_run_without_snapshot_or_with_a_missing_upstream_is_refused(project: P
     assert "upstream 'prep'" in gone.stderr
     assert "not there any more" in gone.stderr
     assert "Traceback" not in gone.stderr
+
+
+def test_a_bad_override_is_one_line_and_makes_no_run(project: Path) -> None:
+    """A typo in KEY=VALUE: the closest key is named, no run directory is made."""
+    assert py(project, "noisy.py").returncode == 0
+    original = load_lock(project / "results" / "noisy" / "latest")
+    done = xp(project, "rerun", original.id, "nn=3")
+    assert done.returncode == 2
+    assert "unknown config key 'nn'" in done.stderr
+    assert "closest: n" in done.stderr
+    assert "Traceback" not in done.stderr
+    runs = [p for p in (project / "results" / "noisy").iterdir() if not p.is_symlink()]
+    assert len(runs) == 1

@@ -82,7 +82,9 @@ class Shipment:
             assert self._payload is not None
             if self.code is not None:
                 from .._execute._snapcode import use_tree
+                from .._record._codetree import keep_tree
 
+                self.code = keep_tree(self.code)  # checked out again if it was removed
                 use_tree(self.code)  # before unpickling: by-reference names come from the tree
             stage, configs = pickle.loads(self._payload)  # made by the submitting process
             self._loaded = (self._from_tree(stage), configs)

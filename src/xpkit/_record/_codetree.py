@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import GitError
 from ._git import Snapshot, git_text, run_git
 
-__all__ = ["KEEP_S", "CodeTree", "code_tree", "remove_tree"]
+__all__ = ["KEEP_S", "CodeTree", "code_tree", "keep_tree", "remove_tree"]
 
 KEEP_S = 7 * 24 * 3600.0
 """A code tree unused this long is removed when another one is added."""
@@ -90,6 +90,21 @@ def code_tree(root: str | os.PathLike[str], snapshot: Snapshot) -> CodeTree:
     return CodeTree(
         snapshot=dataclasses.replace(snapshot, commit=sha), dir=inner, root=live, worktree=worktree
     )
+
+
+def keep_tree(tree: CodeTree) -> CodeTree:
+    """``tree``, marked as used now; checked out again when it was removed meanwhile (a
+    worker that waited in a queue longer than :data:`KEEP_S`).
+
+    Raises:
+        GitError: it was removed and cannot be checked out again.
+    """
+    ready = Path(f"{tree.worktree}.ready")
+    if _usable(tree.worktree, ready):
+        with contextlib.suppress(OSError):
+            os.utime(ready)
+        return tree
+    return code_tree(tree.root, tree.snapshot)
 
 
 def remove_tree(tree: CodeTree) -> None:
