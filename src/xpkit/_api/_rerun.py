@@ -363,34 +363,21 @@ def child_main() -> int:
 
 
 def _child(payload: Mapping[str, Any]) -> tuple[str, str | None]:
-    from .._core import _config
+    """Import the stage from the tree, build its config, run it; (run dir, error line)."""
     from .._execute._lifecycle import RunRequest, execute
     from .._execute._snapcode import stage_in_tree
     from .._tracking._hook import TRACKING
-    from ._stage import Stage, _apply_kwargs
+    from ._stage import Stage
 
     spec = _Spec(**payload["spec"])
-    t = payload["tree"]
-    tree = CodeTree(
-        snapshot=Snapshot(**{**t["snapshot"], "skipped": tuple(t["snapshot"]["skipped"])}),
-        dir=Path(t["dir"]),
-        root=Path(t["root"]),
-        worktree=Path(t["worktree"]),
-    )
+    tree = _tree_from(payload["tree"])
     sys.argv = list(spec.argv)
     stage = stage_in_tree(spec.entry, tree)
     if not isinstance(stage, Stage):
         msg = f"{spec.entry.get('qualname')} is not an xpkit stage"
         raise RerunError(msg)
-    cfg = _config.merge_layer(stage.config(), spec.config, source=f"the config of run {spec.id}")
-    if spec.values:
-        cfg = _apply_kwargs(cfg, spec.values)
-    if spec.dotlist:
-        cfg = _config.apply_dotlist(cfg, spec.dotlist, source="the rerun's overrides")
-    extra: dict[str, Any] = {"rerun_of": spec.id}
-    shown = [*spec.dotlist, *(f"{k}={v!r}" for k, v in spec.values.items())]
-    if shown:
-        extra["rerun_overrides"] = shown
+    cfg = _child_config(stage, spec)
+    extra = _child_extra(spec)
     if spec.map is not None:
         return _child_map(stage, cfg, spec, tree, extra)
     request = RunRequest(
@@ -404,6 +391,38 @@ def _child(payload: Mapping[str, Any]) -> tuple[str, str | None]:
     )
     result = execute(request)
     return str(result.run.dir), _error_line(result.error)
+
+
+def _tree_from(t: Mapping[str, Any]) -> CodeTree:
+    snap = {**t["snapshot"], "skipped": tuple(t["snapshot"]["skipped"])}
+    return CodeTree(
+        snapshot=Snapshot(**snap),
+        dir=Path(t["dir"]),
+        root=Path(t["root"]),
+        worktree=Path(t["worktree"]),
+    )
+
+
+def _child_config(stage: Any, spec: _Spec) -> Any:
+    """The stage's defaults, then the recorded config, then the overrides."""
+    from .._core import _config
+    from ._stage import _apply_kwargs
+
+    cfg = _config.merge_layer(stage.config(), spec.config, source=f"the config of run {spec.id}")
+    if spec.values:
+        cfg = _apply_kwargs(cfg, spec.values)
+    if spec.dotlist:
+        cfg = _config.apply_dotlist(cfg, spec.dotlist, source="the rerun's overrides")
+    return cfg
+
+
+def _child_extra(spec: _Spec) -> dict[str, Any]:
+    """run.lock ``rerun_of``, and ``rerun_overrides`` when there are some."""
+    extra: dict[str, Any] = {"rerun_of": spec.id}
+    shown = [*spec.dotlist, *(f"{k}={v!r}" for k, v in spec.values.items())]
+    if shown:
+        extra["rerun_overrides"] = shown
+    return extra
 
 
 def _child_map(
