@@ -617,7 +617,7 @@ def _stand_in_run(repo: Path, *, src: bool = True) -> types.SimpleNamespace:
     stage = types.SimpleNamespace(name="stage_mod", src=True, fn=namespace["main"])
     published: dict[str, object] = {}
     return types.SimpleNamespace(
-        plan=types.SimpleNamespace(stage=stage, settings=settings, src=True),
+        plan=types.SimpleNamespace(stage=stage, settings=settings, src=True, code=None),
         paths=types.SimpleNamespace(dir=repo / "results" / "stage_mod" / "240101-120000"),
         logger=logging.getLogger("xpkit.test.run"),
         published=published,

@@ -168,6 +168,7 @@ def test_run_directory_holds_every_file(tmp_path: Path) -> None:
     assert len(run_dir.name) == len("yymmdd-HHMMSS")
     assert os.readlink(project / "results" / "prep" / "latest") == run_dir.name
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".xpkit",  # the return value, kept for reuse
         "config.yaml",
         "metrics.jsonl",
         "run.lock",

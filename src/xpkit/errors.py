@@ -21,6 +21,9 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── TaskError (RuntimeError)          a map or sweep cannot run as asked
     │   └── TasksFailed                   tasks of a map failed or never ran (all recorded)
     ├── StageImportError (ImportError)    a stage recorded in run.lock cannot be imported
+    ├── RerunError (RuntimeError)         a past run cannot be run again as asked
+    │   ├── InputChangedError (ValueError) an input of the run changed since (xp rerun)
+    │   └── NotReproducibleError          a rerun's outputs differ (xp rerun --verify)
     └── NotInRunError (RuntimeError)      a run-only function was called outside a run
 """
 
@@ -32,9 +35,12 @@ __all__ = [
     "DataError",
     "ExpressionError",
     "GitError",
+    "InputChangedError",
     "LockError",
     "LockVersionError",
     "NotInRunError",
+    "NotReproducibleError",
+    "RerunError",
     "RunDirError",
     "RunNotFoundError",
     "SettingsError",
@@ -120,6 +126,19 @@ class TasksFailed(TaskError):
 
 class StageImportError(XpkitError, ImportError):
     """The stage that made a run (run.lock ``entry``, or ``--stage``) cannot be imported."""
+
+
+class RerunError(XpkitError, RuntimeError):
+    """A past run cannot be run again as asked (no code snapshot, no entry, a failed rerun)."""
+
+
+class InputChangedError(RerunError, ValueError):
+    """An input of a past run changed since it ran (``xp rerun`` without
+    ``--allow-changed-data``)."""
+
+
+class NotReproducibleError(RerunError):
+    """A rerun's output files differ from the original's (``xp rerun --verify``)."""
 
 
 class NotInRunError(XpkitError, RuntimeError):

@@ -124,13 +124,22 @@ def _launch(
         return _sweep(stage, cfg, options, session, src=src)
     fds = not session.interactive
     if options.tasks or options.resume:
+        if options.reuse:
+            msg = "--reuse applies to single runs and sweep points; a map resumes with --resume"
+            raise ConfigError(msg)
         result = _map(stage, cfg, options, argv=argv, fds=fds, src=src)
     else:
         if options.backend or options.jobs or options.slurm or options.stop_on_error:
             msg = "--backend, --jobs, --slurm and --stop-on-error need --tasks, --resume or --sweep"
             raise ConfigError(msg)
         request = RunRequest(
-            stage=stage, config=cfg, argv=argv, fds=fds, src=src, hooks=(TRACKING,)
+            stage=stage,
+            config=cfg,
+            argv=argv,
+            fds=fds,
+            src=src,
+            hooks=(TRACKING,),
+            reuse=options.reuse or stage.reuse,
         )
         result = stage._execute(request)
     return _ended(result, options, session)
@@ -171,7 +180,8 @@ def _sweep(
         raise ConfigError(msg)
     points = grid_points(parse_sweep_args(options.sweep))
     try:
-        sweep = stage._sweep(points, _backend(options), base=cfg, src=src)
+        reuse = options.reuse or stage.reuse
+        sweep = stage._sweep(points, _backend(options), base=cfg, src=src, reuse=reuse)
     except SweepFailed as e:  # each failed point logged its error; its traceback is recorded
         print(f"error: {e}", file=sys.stderr)
         if e.sweep.last is not None:
@@ -258,6 +268,11 @@ def build_parser(stage: Stage[Any]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--pdb", action="store_true", help="post-mortem debugger on failure")
     parser.add_argument("--no-src", action="store_true", help="no code snapshot for this run")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a completed run with the same config, code, data and upstream runs",
+    )
     many = parser.add_argument_group("many runs: map over tasks, or sweep a grid")
     many.add_argument(
         "--tasks",

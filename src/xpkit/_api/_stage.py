@@ -50,6 +50,7 @@ class Stage(Generic[R]):
         upstream: typing.Iterable[str] = (),
         src: bool = True,
         save_dir: str | None = None,
+        reuse: bool = False,
     ) -> None:
         if not callable(fn):
             msg = f"xp.stage expects a function, got {type(fn).__name__}"  # type: ignore[unreachable]
@@ -61,6 +62,7 @@ class Stage(Generic[R]):
         self.upstream = _names("upstream", upstream)
         self.src = src
         self.save_dir = save_dir
+        self.reuse = _reuse_option(reuse)
         self.last: Run | None = None
         self.loggers: list[Callable[..., None]] = []
         self._entry: dict[str, str] | None = None
@@ -98,9 +100,20 @@ class Stage(Generic[R]):
         cfg = self._defaults()
         return _apply_kwargs(cfg, overrides) if overrides else cfg
 
-    def __call__(self, cfg: Any = None, /, **overrides: Any) -> R:
-        """Run the stage, tracked: return the function's value, or raise its exception."""
-        request = RunRequest(stage=self, config=self._build(cfg, overrides), hooks=(TRACKING,))
+    def __call__(self, cfg: Any = None, /, *, reuse: bool | None = None, **overrides: Any) -> R:
+        """Run the stage, tracked: return the function's value, or raise its exception.
+
+        ``reuse=True`` (default: the stage's ``reuse``) returns the value of a completed run
+        with the same config, code, inputs and upstream runs instead of running again.
+        ``reuse`` is always this option, never a config key: a config field named
+        ``reuse`` is set through ``cfg`` (``main({"reuse": 1})``).
+        """
+        request = RunRequest(
+            stage=self,
+            config=self._build(cfg, overrides),
+            hooks=(TRACKING,),
+            reuse=self.reuse if reuse is None else _reuse_option(reuse),
+        )
         return typing.cast(R, self._execute(request).value())
 
     def entry(self) -> dict[str, str]:
@@ -245,14 +258,23 @@ class Stage(Generic[R]):
         return list(done.jobs) if done.jobs else list(done.runs)
 
     def _sweep(
-        self, points: list[dict[str, Any]], backend: Backend, *, base: DictConfig, src: bool = True
+        self,
+        points: list[dict[str, Any]],
+        backend: Backend,
+        *,
+        base: DictConfig,
+        src: bool = True,
+        reuse: bool | None = None,
     ) -> Sweep:
         """One run of this stage per point (``Stage.sweep``, ``--sweep``)."""
         from .._parallel._sweep import SweepFailed, sweep_stage
 
         configs = [_apply_kwargs(base, point) for point in points]
+        reuse = self.reuse if reuse is None else reuse
         try:
-            done = sweep_stage(self, configs, points, backend, src=src, hooks=(TRACKING,))
+            done = sweep_stage(
+                self, configs, points, backend, src=src, hooks=(TRACKING,), reuse=reuse
+            )
         except SweepFailed as e:
             if e.sweep.last is not None:
                 self._remember(e.sweep.last)
@@ -260,6 +282,16 @@ class Stage(Generic[R]):
         if done.last is not None:
             self._remember(done.last)
         return done
+
+
+def _reuse_option(value: Any) -> bool:
+    if not isinstance(value, bool):
+        msg = (
+            f"reuse= takes True or False, got {value!r}; it is the call's reuse option, not a"
+            " config key (set a config field named reuse through cfg: main({'reuse': ...}))"
+        )
+        raise TypeError(msg)
+    return value
 
 
 def _names(what: str, keys: typing.Iterable[str]) -> tuple[str, ...]:
@@ -389,6 +421,7 @@ def stage(
     upstream: typing.Iterable[str] = ...,
     src: bool = ...,
     save_dir: str | None = ...,
+    reuse: bool = ...,
 ) -> Callable[[Callable[..., R]], Stage[R]]: ...
 
 
@@ -401,6 +434,7 @@ def stage(
     upstream: typing.Iterable[str] = (),
     src: bool = True,
     save_dir: str | None = None,
+    reuse: bool = False,
 ) -> Stage[R] | Callable[[Callable[..., R]], Stage[R]]:
     """Make ``fn(cfg)`` a tracked stage; every call is a run with its own directory.
 
@@ -411,6 +445,8 @@ def stage(
         upstream: config keys holding upstream run directories (or ids) this run consumes.
         src: snapshot the code to the ``run_logs`` branch on every run.
         save_dir: the run directory pattern (default ``results/<stage>/${now:%y%m%d-%H%M%S}``).
+        reuse: a call returns the value of a completed run with the same config, code
+            (``src.files``), inputs and upstream runs instead of running (``--reuse``).
 
     Example:
         >>> @xp.stage(data=["raw"])  # doctest: +SKIP
@@ -419,7 +455,9 @@ def stage(
     """
 
     def wrap(f: Callable[..., R]) -> Stage[R]:
-        return Stage(f, name=name, data=data, upstream=upstream, src=src, save_dir=save_dir)
+        return Stage(
+            f, name=name, data=data, upstream=upstream, src=src, save_dir=save_dir, reuse=reuse
+        )
 
     return wrap(fn) if fn is not None else wrap
 

@@ -341,8 +341,23 @@ def _summary(run: Run) -> list[tuple[str, str]]:
     if lock.argv:
         rows.append(("command", " ".join(lock.argv)))
     rows.append(("code", _code_line(lock.src)))
+    rows += _reuse_rows(run)
     if lock.tasks:
         rows.append(("tasks", ", ".join(f"{k} {v}" for k, v in lock.tasks.items())))
+    return rows
+
+
+def _reuse_rows(run: Run) -> list[tuple[str, str]]:
+    """``rerun of`` (run.lock ``rerun_of``) and ``reused`` (calls that returned this run)."""
+    from .._execute._returned import read_reuses
+
+    rows = []
+    if run.lock.extra.get("rerun_of"):
+        rows.append(("rerun of", str(run.lock.extra["rerun_of"])))
+    reuses = read_reuses(run.dir)
+    if reuses:
+        last = str(reuses[-1].get("time") or "")
+        rows.append(("reused", f"{len(reuses)} time(s) instead of running, last {_when(last)}"))
     return rows
 
 

@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_store_cli:push_command",
         "copy runs' whole lineage (runs + code) to a store",
     ),
+    "rerun": (
+        "_rerun_cli:rerun_command",
+        "run a past run again from its code snapshot; --verify compares outputs",
+    ),
     "show": (
         "_browse_cli:show_command",
         "one run: summary, config, data, lineage, error",

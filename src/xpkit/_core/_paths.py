@@ -77,6 +77,21 @@ class RunPaths:
         return self.xpkit_dir / "mlflow.log"
 
     @property
+    def result_json(self) -> Path:
+        """``.xpkit/result.json``: the stage's return value, when it is plain data."""
+        return self.xpkit_dir / "result.json"
+
+    @property
+    def result_pickle(self) -> Path:
+        """``.xpkit/result.pickle``: the stage's return value otherwise, signed by the project."""
+        return self.xpkit_dir / "result.pickle"
+
+    @property
+    def reuses(self) -> Path:
+        """``.xpkit/reuses.jsonl``: one line per call that reused this run instead of running."""
+        return self.xpkit_dir / "reuses.jsonl"
+
+    @property
     def tasks(self) -> Path:
         """``tasks/``: task bookkeeping of a mapped run."""
         return self.dir / "tasks"

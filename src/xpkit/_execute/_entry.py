@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .._catalog._run import Run
     from .._core._settings import Settings
 
-__all__ = ["entry_record", "find_entry", "load_stage", "stage_of_run"]
+__all__ = ["entry_record", "find_entry", "load_stage", "stage_of_entry", "stage_of_run"]
 
 
 def find_entry(stage: object, fn: Callable[..., Any]) -> dict[str, str]:
@@ -44,9 +44,14 @@ def find_entry(stage: object, fn: Callable[..., Any]) -> dict[str, str]:
     return {"module": module_name, "qualname": name, "file": os.path.abspath(file) if file else ""}
 
 
-def entry_record(entry: Mapping[str, str], settings: Settings) -> dict[str, str]:
-    """The run.lock ``entry``: its file relative to the project root."""
+def entry_record(
+    entry: Mapping[str, str], settings: Settings, *, base: Path | None = None
+) -> dict[str, str]:
+    """The run.lock ``entry``: its file relative to the project root, or to ``base`` (the
+    code tree the stage was imported from)."""
     file = entry.get("file") or ""
+    if file and base is not None and Path(file).is_relative_to(base):
+        return {**entry, "file": Path(file).relative_to(base).as_posix()}
     return {**entry, "file": settings.relative(file) if file else ""}
 
 
@@ -61,9 +66,9 @@ def load_stage(spec: str, settings: Settings) -> StageInfo:
         msg = f"--stage takes MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}"
         raise StageImportError(msg)
     if target.endswith(".py") or os.sep in target or "/" in target:
-        module = _import_file(settings.resolve(target), settings)
+        module = _import_file(settings.resolve(target), settings.root)
     else:
-        module = _import_module(target, settings)
+        module = _import_module(target, settings.root)
     return _stage_attr(module, attr, spec)
 
 
@@ -77,16 +82,26 @@ def stage_of_run(run: Run, settings: Settings) -> StageInfo:
     if not isinstance(entry, Mapping) or not entry.get("qualname"):
         msg = f"{run.dir}: run.lock records no stage entry; give --stage MODULE:FUNCTION"
         raise StageImportError(msg)
+    return stage_of_entry(entry, settings.root)
+
+
+def stage_of_entry(entry: Mapping[str, Any], base: Path) -> StageInfo:
+    """Import the stage of a run.lock ``entry`` from the project at ``base`` (its root, or
+    a code tree of a snapshot); a relative ``file`` is relative to ``base``.
+
+    Raises:
+        StageImportError: the stage cannot be imported from there.
+    """
     module_name, file = str(entry.get("module") or ""), str(entry.get("file") or "")
     module: types.ModuleType | None = None
     if module_name and module_name != "__main__":
         try:
-            module = _import_module(module_name, settings)
+            module = _import_module(module_name, base)
         except StageImportError:
             if not file:
                 raise
     if module is None:
-        module = _import_file(settings.resolve(file), settings)
+        module = _import_file(base / file, base)
     return _stage_attr(module, str(entry["qualname"]), f"{file or module_name}:{entry['qualname']}")
 
 
@@ -106,8 +121,8 @@ def _on_path(*dirs: Path) -> None:
             sys.path.insert(0, str(d))
 
 
-def _import_module(name: str, settings: Settings) -> types.ModuleType:
-    _on_path(settings.root)
+def _import_module(name: str, base: Path) -> types.ModuleType:
+    _on_path(base)
     try:
         return importlib.import_module(name)
     except Exception as e:
@@ -115,7 +130,7 @@ def _import_module(name: str, settings: Settings) -> types.ModuleType:
         raise StageImportError(msg) from e
 
 
-def _import_file(path: Path, settings: Settings) -> types.ModuleType:
+def _import_file(path: Path, base: Path) -> types.ModuleType:
     path = path.resolve()
     if not path.is_file():
         msg = f"cannot import stage: no file {path}"
@@ -126,7 +141,7 @@ def _import_file(path: Path, settings: Settings) -> types.ModuleType:
         if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
             return loaded
         name = f"_xpkit_stage_{path.stem}"
-    _on_path(path.parent, settings.root)
+    _on_path(path.parent, base)
     import importlib.util  # importing a stage again is rare: not at ``import xpkit``
 
     spec = importlib.util.spec_from_file_location(name, path)

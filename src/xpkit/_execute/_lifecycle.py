@@ -53,6 +53,8 @@ from ._locals import call_capturing
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from .._record._codetree import CodeTree
+
 __all__ = [
     "Body",
     "Interrupted",
@@ -108,6 +110,10 @@ class RunRequest:
         extra: keys added to run.lock from the start (e.g. ``sweep``).
         body: what the run does (default: the stage's function on the config).
         hooks: followers of the run (MLflow tracking).
+        code: the code tree the stage was imported from (``xp rerun``, a worker running a
+            snapshot): run.lock ``src`` records its commit instead of a new snapshot.
+        reuse: return a completed run with the same config, code, inputs and upstream runs
+            instead of running (see :mod:`._reuse`).
     """
 
     stage: StageInfo
@@ -119,6 +125,8 @@ class RunRequest:
     extra: Mapping[str, Any] = field(default_factory=dict)
     body: Body | None = None
     hooks: Sequence[RunHook] = ()
+    code: CodeTree | None = None
+    reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,12 @@ def execute(request: RunRequest) -> RunResult:
             directory that cannot be created); nothing is left behind.
     """
     plan, config, recorders = _plan(request)
+    if request.reuse:
+        from ._reuse import reuse_run  # the reuse check loads with a first reusing call
+
+        reused = reuse_run(plan)
+        if reused is not None:
+            return RunResult(reused, Outcome(result=reused.result))
     active, log = _start(request, plan, config, recorders)
     endings = _begin_hooks(request.hooks, active)
     try:
@@ -161,8 +175,13 @@ def execute(request: RunRequest) -> RunResult:
 
 
 def call_stage(active: ActiveRun) -> Outcome:
-    """The default body: the stage's function on the run's config, its locals captured."""
+    """The default body: the stage's function on the run's config, its locals captured; its
+    return value is kept in the run directory (a later call may reuse it)."""
     result, local_vars, exc = call_capturing(active.stage.fn, active.config)
+    if exc is None:
+        from ._returned import save_result
+
+        save_result(active, result)
     return Outcome(result, local_vars, exc)
 
 
@@ -186,6 +205,7 @@ def _plan(request: RunRequest) -> tuple[RunPlan, DictConfig, list[Recorder]]:
         settings=settings,
         started=started,
         src=request.src and request.stage.src,
+        code=request.code,
     )
     recorders = default_recorders()
     for recorder in recorders:
@@ -279,7 +299,8 @@ def _first_lock(
     from ._entry import entry_record
 
     settings = plan.settings
-    extra = {**request.extra, "entry": entry_record(plan.stage.entry(), settings)}
+    base = plan.code.dir if plan.code is not None else None
+    extra = {**request.extra, "entry": entry_record(plan.stage.entry(), settings, base=base)}
     argv = tuple(sys.argv if request.argv is None else request.argv)
     if previous is None:
         return RunLock(

@@ -16,7 +16,10 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .._record._codetree import CodeTree
 
 __all__ = [
     "Backend",
@@ -75,6 +78,10 @@ class Work(Protocol):
     @property
     def root(self) -> Path:
         """The project root (jobs start there)."""
+
+    @property
+    def code(self) -> CodeTree | None:
+        """The code tree the items import the project's code from (None: the live tree)."""
 
     def run(self, indices: Sequence[int], *, in_process: bool = False) -> list[Done]:
         """Run these items here; ``in_process``: in the submitting process itself."""

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,9 +37,12 @@ from ..errors import ConfigError, TaskError, TasksFailed
 from . import _tasks
 from ._backends import Backend, Done
 from ._jobs import job_states, unfinished
+from ._shipped import Shipment, tree_of_section
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from .._record._codetree import CodeTree
 
 __all__ = ["MapOptions", "MapWork", "map_stage"]
 
@@ -64,8 +67,13 @@ def map_stage(
     fds: bool = False,
     src: bool = True,
     hooks: Sequence[RunHook] = (),
+    code: CodeTree | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``stage`` over ``tasks`` as one tracked run; see ``Stage.map``.
+
+    ``code``: the stage was imported from this code tree (``xp rerun``); ``extra``: keys
+    added to run.lock.
 
     Raises:
         TaskError: the tasks or the resumed run cannot be used (nothing ran).
@@ -96,6 +104,8 @@ def map_stage(
             resume=options.resume,
             body=body,
             hooks=hooks,
+            code=code,
+            extra=extra or {},
         )
         result = execute(request)
     if backend.detached:  # the workers may end the run from now on
@@ -177,8 +187,15 @@ class _MapBody:
         state = _tasks.scan_done(paths, len(self.todo))
         pending = state.pending()
         section = self._section(active, state)
+        code = None
+        if not self.backend.in_process:  # workers run the snapshot taken as the map started
+            code = active.plan.code or tree_of_section(
+                active.lock.src, active.settings, active.logger
+            )
+        work = MapWork.of(active, self.options.key, code=code)
+        if not self.backend.in_process:
+            section["code"] = work.shipment.commit
         active.update_lock(tasks=section)
-        work = MapWork.of(active, self.options.key)
         if self.backend.detached and pending:
             submitted = self.backend.run(work, pending, lambda done: False)
             assert submitted is not None
@@ -284,8 +301,7 @@ class MapWork:
     again on a resume or a requeue.
     """
 
-    stage: StageInfo
-    config: DictConfig
+    shipment: Shipment
     key: str | None
     run_dir: Path
     run_id: str
@@ -294,11 +310,10 @@ class MapWork:
     cwd: str
 
     @classmethod
-    def of(cls, active: ActiveRun, key: str | None) -> MapWork:
-        """The work of the running map ``active``."""
+    def of(cls, active: ActiveRun, key: str | None, *, code: CodeTree | None = None) -> MapWork:
+        """The work of the running map ``active``; workers import ``code`` (None: live)."""
         return cls(
-            stage=active.stage,
-            config=active.config,
+            shipment=Shipment(active.stage, [active.config], code),
             key=key,
             run_dir=active.paths.dir,
             run_id=active.id,
@@ -306,6 +321,21 @@ class MapWork:
             settings=active.settings,
             cwd=os.getcwd(),
         )
+
+    @property
+    def stage(self) -> StageInfo:
+        """The stage (in a worker: imported from the snapshot's code tree)."""
+        return self.shipment.stage
+
+    @property
+    def config(self) -> DictConfig:
+        """The map's resolved config."""
+        return self.shipment.configs[0]
+
+    @property
+    def code(self) -> CodeTree | None:
+        """The code tree workers import from (None: the live working tree)."""
+        return self.shipment.code
 
     @property
     def paths(self) -> RunPaths:

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core._paths import PACKAGE_DIR
 from ..errors import ConfigError, missing_extra
@@ -33,6 +33,9 @@ from ._backends import OnDone, Submitted, Work, available_cpus, chunks
 from ._joblib import JoblibBackend
 from ._map import MapWork
 from ._pool import Pool, fresh_claims
+
+if TYPE_CHECKING:
+    from .._record._codetree import CodeTree
 
 __all__ = ["OPTIONS", "SlurmBackend", "check_slurm_options", "parse_duration_s"]
 
@@ -66,7 +69,7 @@ class SlurmBackend:
 
     def run(self, work: Work, indices: Sequence[int], on_done: OnDone) -> Submitted:
         """Submit the jobs of ``indices``; their ids and how the work was split."""
-        executor = _executor(work.folder, self.options, work.label, work.root)
+        executor = _executor(work.folder, self.options, work.label, work.root, work.code)
         delay_s = float(executor.parameters["signal_delay_s"])
         jobs: list[Any]
         if "workers" in self.options:
@@ -86,6 +89,7 @@ class SlurmBackend:
             slices = chunks(indices, count)
             jobs = [ArrayJob(work, s) for s in slices]
             details = {"mode": "array", "chunks": len(slices)}
+        details["slurm"] = dict(self.options)  # what a rerun of the map submits again
         with executor.batch():
             submitted = [executor.submit(job) for job in jobs]
         return Submitted(tuple(str(job.job_id) for job in submitted), details)
@@ -165,7 +169,9 @@ def check_slurm_options(options: Mapping[str, Any]) -> None:
         raise ConfigError(msg)
 
 
-def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -> Any:
+def _executor(
+    folder: Path, options: Mapping[str, Any], name: str, root: Path, code: CodeTree | None
+) -> Any:
     try:
         import submitit
     except ImportError:
@@ -179,7 +185,7 @@ def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -
         "job_name": f"xp-{name}",
         "signal_delay_s": int(min(90, max(20, time_min * 60 // 4))),
         "stderr_to_stdout": True,
-        "setup": [f"export XPKIT_ROOT={shlex.quote(str(root))}", _pythonpath_line()],
+        "setup": [f"export XPKIT_ROOT={shlex.quote(str(root))}", _pythonpath_line(code)],
     }
     if "partition" in options:
         params["partition"] = options["partition"]
@@ -195,12 +201,15 @@ def _executor(folder: Path, options: Mapping[str, Any], name: str, root: Path) -
     return executor
 
 
-def _pythonpath_line() -> str:
-    """Jobs import THIS xpkit and the script's modules, whatever else is installed there."""
+def _pythonpath_line(code: CodeTree | None) -> str:
+    """Jobs import THIS xpkit and the script's modules (from the snapshot's code tree when
+    there is one), whatever else is installed there."""
     dirs = [os.path.dirname(PACKAGE_DIR)]
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is not None and script.is_file():
-        dirs.append(str(script.resolve().parent))
+        folder = script.resolve().parent
+        inside = code.tree_path(folder) if code is not None else None
+        dirs.append(str(inside if inside is not None and inside.is_dir() else folder))
     front = shlex.quote(os.pathsep.join(dict.fromkeys(dirs)))
     return f'export PYTHONPATH={front}"${{PYTHONPATH:+:$PYTHONPATH}}"'
 

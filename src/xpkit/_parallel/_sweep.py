@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,14 @@ from .._execute._lifecycle import Outcome, RunHook, RunRequest, RunResult, execu
 from .._record._plan import StageInfo
 from ..errors import ConfigError, TaskError, XpkitError
 from ._backends import Backend, Done, nothing
+from ._shipped import Shipment, snapshot_tree
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from .._record._codetree import CodeTree
+
+_log = logging.getLogger("xpkit.sweep")
 
 __all__ = ["Sweep", "SweepFailed", "SweepWork", "grid_points", "sweep_stage"]
 
@@ -76,31 +82,31 @@ def sweep_stage(
     *,
     src: bool = True,
     hooks: Sequence[RunHook] = (),
+    reuse: bool = False,
 ) -> Sweep:
     """One full run per point (``configs[k]`` made of ``points[k]``); see ``Stage.sweep``.
+
+    On joblib or Slurm, the points run the code of a snapshot taken now (see
+    :mod:`._shipped`); ``reuse``: a point whose run exists already is not run again.
 
     Raises:
         TaskError: some points failed (after all ran; each recorded in its run).
     """
     sweep_id = new_run_id()
-    stage.entry()  # where the stage is defined, found here: workers cannot tell
-    requests = [
-        RunRequest(
-            stage=stage,
-            config=cfg,
-            src=src,
-            extra={"sweep": _sweep_section(sweep_id, k, len(points), point)},
-            hooks=hooks,
-        )
-        for k, (cfg, point) in enumerate(zip(configs, points, strict=True))
+    code = None
+    if not backend.in_process:  # workers run the code of a snapshot taken now
+        code = snapshot_tree(stage, load_settings(), src=src, log=_log)
+    extras = [
+        {"sweep": _sweep_section(sweep_id, k, len(points), point)} for k, point in enumerate(points)
     ]
+    work = SweepWork(Shipment(stage, configs, code), extras, sweep_id, src, hooks, reuse=reuse)
     dones: list[Done] = []
 
     def on_done(done: Done) -> bool:
         dones.append(done)
         return False
 
-    submitted = backend.run(SweepWork(requests, sweep_id), range(len(requests)), on_done)
+    submitted = backend.run(work, range(len(extras)), on_done)
     if submitted is not None:
         return Sweep(sweep_id, [], [], jobs=submitted.jobs)
     return _collected(sweep_id, sorted(dones, key=lambda d: d.index), len(points))
@@ -157,12 +163,32 @@ def _plain(value: Any) -> Any:
 class SweepWork:
     """The points of a sweep, as any process runs them: each point a full run."""
 
-    requests: list[RunRequest]
+    shipment: Shipment
+    extras: list[dict[str, Any]]
     sweep_id: str
+    src: bool
+    hooks: Sequence[RunHook]
+    reuse: bool = False
 
     @property
     def label(self) -> str:
-        return self.requests[0].stage.name
+        return self.shipment.stage.name
+
+    @property
+    def code(self) -> CodeTree | None:
+        return self.shipment.code
+
+    def request(self, k: int) -> RunRequest:
+        """The run of point ``k``."""
+        return RunRequest(
+            stage=self.shipment.stage,
+            config=self.shipment.configs[k],
+            src=self.src,
+            extra=self.extras[k],
+            hooks=self.hooks,
+            code=self.shipment.code,
+            reuse=self.reuse,
+        )
 
     @property
     def folder(self) -> Path:
@@ -179,7 +205,7 @@ class SweepWork:
 
     def _point(self, k: int, *, in_process: bool) -> Done:
         try:
-            result = execute(self.requests[k])
+            result = execute(self.request(k))
         except XpkitError as e:  # bad input for this point: no run directory
             return Done(k, False, error=error_record(e))
         run, exc = result.run, result.error

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from .._core._paths import RunPaths
     from .._core._settings import Settings
+    from ._codetree import CodeTree
 
 __all__ = ["Recorder", "RecordingRun", "RunPlan", "StageInfo"]
 
@@ -76,6 +77,7 @@ class RunPlan:
     settings: Settings
     started: dt.datetime
     src: bool = True  # this run snapshots the code (the stage's ``src`` and not ``--no-src``)
+    code: CodeTree | None = None  # the run's code comes from this snapshot, not the live tree
 
 
 class RecordingRun(Protocol):

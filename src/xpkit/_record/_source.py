@@ -1,6 +1,14 @@
 """The ``src`` section of run.lock: the code snapshot of a run and its own source files.
 
 The snapshot itself is :func:`xpkit._git.snapshot`; this module decides what a run records.
+A run whose code comes from a code tree (``xp rerun``, a sweep point in a worker) takes no
+snapshot: it records the tree's commit.
+
+``src.files`` lists the project files the stage's code can reach: the module defining the
+stage, the project modules it refers to (imported names, functions and classes of other
+modules, imports inside functions), transitively, and the modules the body imported. A
+module another stage of the same process imported, that this stage never refers to, is
+not among them, so that reuse (``reuse=True``) re-runs only the stages an edit concerns.
 """
 
 from __future__ import annotations
@@ -9,7 +17,8 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +28,7 @@ from ._git import Snapshot, StrPath, files_blobs, snapshot
 if TYPE_CHECKING:
     from ._plan import RecordingRun, RunPlan
 
-__all__ = ["SourceRecorder", "snapshot_section", "source_files"]
+__all__ = ["SourceRecorder", "snapshot_section", "source_files", "stage_files"]
 
 _ENV_DIRS = frozenset({"site-packages", "dist-packages", ".venv", "venv", ".tox", ".nox"})
 
@@ -31,6 +40,8 @@ class SourceRecorder:
 
     def __init__(self) -> None:
         self._snap: Snapshot | None = None
+        self._base: Path | None = None  # where the run's code is: the project root, or a tree
+        self._before: frozenset[str] = frozenset()
         self._files: tuple[list[StrPath], dict[str, str]] = ([], {})
 
     def prepare(self, plan: RunPlan) -> None:
@@ -39,9 +50,13 @@ class SourceRecorder:
     def start(self, run: RecordingRun) -> None:
         """Snapshot the code before the body runs; run.lock gets the section at once."""
         plan = run.plan
-        if not (plan.src and plan.settings.src):
+        self._before = frozenset(sys.modules)
+        if plan.code is not None:
+            self._snap, self._base = plan.code.snapshot, plan.code.dir
+        elif plan.src and plan.settings.src:
+            self._snap, self._base = _take_snapshot(run), plan.settings.root
+        else:
             return
-        self._snap = _take_snapshot(run)
         run.publish(self.key, self._section(run))
 
     def finish(self, run: RecordingRun) -> Any:
@@ -51,9 +66,11 @@ class SourceRecorder:
     def _section(self, run: RecordingRun) -> dict[str, Any]:
         assert self._snap is not None
         if self._snap.commit:
-            paths = _run_paths(run)
+            assert self._base is not None
+            new = set(sys.modules) - self._before  # what the body imported so far
+            paths = _run_paths(run, self._base, new)
             if paths != self._files[0]:  # at the end: only when the body imported more
-                self._files = (paths, _blobs(run, self._snap.commit, paths))
+                self._files = (paths, _blobs(self._base, run, self._snap.commit, paths))
         return snapshot_section(self._snap, self._files[1])
 
 
@@ -76,20 +93,21 @@ def _take_snapshot(run: RecordingRun) -> Snapshot:
         return Snapshot(commit=None, error=repr(e))
 
 
-def _run_paths(run: RecordingRun) -> list[StrPath]:
-    """The project modules imported so far, and the stage's own file."""
+def _run_paths(run: RecordingRun, base: Path, new: Iterable[str]) -> list[StrPath]:
+    """The project files the stage's code reaches, and the stage's own file."""
     settings = run.plan.settings
-    paths: list[StrPath] = list(source_files(settings.root, results_dir=settings.results_dir))
+    fn = run.plan.stage.fn
+    paths: list[StrPath] = list(stage_files(fn, base, results_dir=settings.results_dir, new=new))
     with contextlib.suppress(TypeError, OSError):  # builtins, notebooks: no source file
-        stage_file = inspect.getsourcefile(run.plan.stage.fn)
+        stage_file = inspect.getsourcefile(fn)
         if stage_file is not None:
             paths.append(stage_file)
-    return paths
+    return sorted(set(paths), key=str)
 
 
-def _blobs(run: RecordingRun, commit: str, paths: list[StrPath]) -> dict[str, str]:
+def _blobs(base: Path, run: RecordingRun, commit: str, paths: list[StrPath]) -> dict[str, str]:
     try:
-        return files_blobs(run.plan.settings.root, commit, paths)
+        return files_blobs(base, commit, paths)
     except GitError as e:
         run.logger.warning("code snapshot: cannot list source blobs: %s", e)
         return {}
@@ -136,3 +154,86 @@ def _is_project_file(path: Path, top: Path, results: Path) -> bool:
     if path.is_relative_to(Path(sys.prefix).resolve()) and sys.prefix != sys.base_prefix:
         return False
     return not _ENV_DIRS.intersection(path.relative_to(top).parts) and path.is_file()
+
+
+def stage_files(
+    fn: Callable[..., Any], root: StrPath, *, results_dir: str = "results", new: Iterable[str] = ()
+) -> list[Path]:
+    """The project files ``fn`` can reach: its module, the project modules that module
+    refers to (transitively), and the modules in ``new`` (imported by the body).
+
+    Only modules below ``root`` are followed; installed packages and the results directory
+    are not (see :func:`source_files`).
+    """
+    top = Path(root).resolve()
+    results = (top / results_dir).resolve()
+    prefixes = (str(top), os.path.abspath(root))
+    todo = [str(getattr(fn, "__module__", "") or ""), *new]
+    seen: set[str] = set()
+    found: set[Path] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if module is None or not isinstance(file, str) or not file.startswith(prefixes):
+            continue
+        path = Path(file).resolve()
+        if not _is_project_file(path, top, results):
+            continue
+        found.add(path)
+        todo += _parents(name)
+        todo += _referenced(module)
+    return sorted(found)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _referenced(module: types.ModuleType) -> Iterator[str]:
+    """Names of the modules ``module`` refers to: imported modules, the modules of imported
+    functions, classes and stages, and modules imported inside its functions."""
+    name = module.__name__
+    for value in list(vars(module).values()):
+        if isinstance(value, types.ModuleType):
+            yield value.__name__
+            continue
+        fn = _stage_fn(value)
+        owner = getattr(fn if fn is not None else value, "__module__", None)
+        if not isinstance(owner, str):
+            continue
+        if owner != name:
+            yield owner
+        elif isinstance(value, (types.FunctionType, type)) or fn is not None:
+            yield from _imported_inside(fn if fn is not None else value)
+
+
+def _stage_fn(value: Any) -> Any:
+    """The function of a stage object (``xp.stage``), without touching ``__getattr__``."""
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and "fn" in attrs and "loggers" in attrs:
+        return attrs["fn"]
+    return None
+
+
+def _imported_inside(obj: Any) -> Iterator[str]:
+    """Modules named by the code of a function or of a class's methods (``import x`` in a
+    function body puts ``x`` in its code's names)."""
+    codes: list[types.CodeType] = []
+    if isinstance(obj, type):
+        for member in list(vars(obj).values()):
+            code = getattr(getattr(member, "__func__", member), "__code__", None)
+            if isinstance(code, types.CodeType):
+                codes.append(code)
+    else:
+        code = getattr(obj, "__code__", None)
+        if isinstance(code, types.CodeType):
+            codes.append(code)
+    while codes:
+        code = codes.pop()
+        yield from (n for n in code.co_names if n in sys.modules)
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
