@@ -274,14 +274,16 @@ def _map_spec(
             msg = f"map {lock.id} has no failed or missing task to rerun"
             raise RerunError(msg)
     recorded = dict(lock.tasks)
-    chosen = backend or str(recorded.get("backend") or "serial")
+    was = str(recorded.get("backend") or "serial")
+    chosen = backend or was
     return {
         "tasks": [todo[i] for i in indices],
         "indices": indices if failed else None,
         "key": recorded.get("key"),
         "backend": chosen,
         "jobs": jobs,
-        "slurm": dict(recorded.get("slurm") or {}) if chosen == "slurm" else {},
+        # the recorded backend's options (Slurm's) hold on that backend only
+        "slurm": dict(recorded.get("slurm") or {}) if chosen == was else {},
     }
 
 
@@ -436,8 +438,7 @@ def _child_map(
     assert m is not None
     if m["indices"] is not None:
         extra["rerun_tasks"] = m["indices"]
-    slurm = m["slurm"] if m["backend"] == "slurm" else None
-    backend = make_backend(m["backend"], jobs=m["jobs"], slurm=slurm)
+    backend = make_backend(m["backend"], jobs=m["jobs"], slurm=m["slurm"] or None)
     result = map_stage(
         stage,
         cfg,
