@@ -355,7 +355,11 @@ def _start(
         host=hostname(),
         argv=tuple(sys.argv if argv is None else argv),
         config=config,
-        extra={**dict(extra), "entry": _entry(plan.stage, plan.settings)},
+        extra={
+            **dict(extra),
+            "entry": _entry(plan.stage, plan.settings),
+            "defaults": _config.changed_defaults(plan.stage.config, config, when=plan.started),
+        },
     )
     logger = make_logger(plan.stage.name, lock.id)
     active = ActiveRun(plan=plan, run=Run(run_dir), lock=lock, recorders=recorders, logger=logger)

@@ -35,6 +35,7 @@ from .._core._paths import RunPaths, atomic_write_text, display_path
 from .._core._progress import ProgressBar
 from .._core._settings import Settings
 from .._execute._context import ActiveRun, RunPlan, make_logger
+from .._execute._task import task_scope
 from ..errors import ConfigError, TaskError, TasksFailed, missing_extra
 from . import _tasks
 
@@ -247,7 +248,8 @@ def run_task(
     """
     start = time.perf_counter()
     try:
-        result = fn(configs(task, index))
+        with task_scope(index):
+            result = fn(configs(task, index))
     except Exception as e:
         error = _tasks.error_record(e)
         if still_mine is None or still_mine():
@@ -282,7 +284,8 @@ def _run_serial(
             except ConfigError as e:
                 result, local_vars, exc = None, None, e
             else:
-                result, local_vars, exc = call_capturing(fn, cfg)
+                with task_scope(i):
+                    result, local_vars, exc = call_capturing(fn, cfg)
             duration_s = time.perf_counter() - start
             if exc is None:
                 log.record(i, "ok", duration_s)
