@@ -195,7 +195,7 @@ def _log_runs(
             say(f"loggers of stage {stage!r} not applied: {problem}")
     created = points = 0
     shown = None if len(good) > 1 and not quiet else False
-    with ProgressBar("xp log", total=len(good), enabled=shown) as bar:
+    with syncer.batch(), ProgressBar("xp log", total=len(good), enabled=shown) as bar:
         for run in good:
             fns = stage_loggers.get(run.stage, ([], None))[0]
             try:
