@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -412,58 +408,6 @@ def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         _mlflow.import_mlflow()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_xp_ui_serves_the_synced_runs_on_localhost(project: Path, store: str) -> None:
-    """`xp ui` answers the MLflow REST API on 127.0.0.1 with the synced runs."""
-
-    @xp.stage(name="ui_stage", src=False)
-    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
-        pass
-
-    main()
-    assert main.last is not None
-    mlflow_id = sync_run(main.last)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "xpkit", "ui", "--port", str(port)],
-        cwd=project,
-        env=env_for(project, store),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        exp = _poll_json(f"{base}/experiments/get-by-name?experiment_name=ui_stage", server)
-        body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode()
-        request = urllib.request.Request(
-            f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            runs = json.load(response)["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [mlflow_id]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
-    deadline = time.monotonic() + 90  # the server starts in ~20 s, more on a busy machine
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.load(response)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.5)
-
-
 def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
     """RUN is a run directory, a directory of runs, or a unique id prefix."""
     from xpkit._catalog._runs import resolve_runs
@@ -627,6 +571,14 @@ def sync_as_cd150c2(uri: str, run: Run, project: str) -> str:
     return str(run_id)
 
 
+def ui_lines(uri: str) -> list[str]:
+    """What `xp ui train` says about the store (without starting a server)."""
+    from xpkit._cli._ui_cli import _addresses
+    from xpkit._core._settings import load_settings
+
+    return _addresses(client(uri), "http://h", "train", store=uri, settings=load_settings())[1:]
+
+
 def shape_of(uri: str, root: Path) -> dict[str, Any]:
     """Check the pipeline's mirror through the MLflow client; return what a re-sync keeps."""
     c = client(uri)
@@ -709,7 +661,9 @@ def test_runs_synced_by_the_previous_version_get_the_new_shape(
     before = c.search_runs([train.experiment_id])
     assert any(r.data.tags["mlflow.source.name"].endswith("popen_loky_posix.py") for r in before)
     assert all(not r.inputs.dataset_inputs for r in before)
+    assert ui_lines(fresh_store)[-1].endswith("`xp log` adds them")  # `xp ui` says what to do
     _mlflow.sync_runs(pipeline_runs(pipeline))
+    assert ui_lines(fresh_store)[-1].startswith("runs of train: http://h/#/experiments/")
     first = shape_of(fresh_store, pipeline)
     assert {run_id: shape[0] for run_id, shape in first.items() if run_id != "parent"} == old
     _mlflow.sync_runs(pipeline_runs(pipeline))

@@ -1,4 +1,4 @@
-"""``xp log`` (sync runs into MLflow, re-applying the stages' loggers) and ``xp ui``."""
+"""``xp log``: sync runs into MLflow, re-applying the stages' loggers (``xp ui``: ``_ui_cli``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import importlib
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -21,7 +19,7 @@ from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
 from ..errors import LockError, StageImportError
 
-__all__ = ["load_stage", "log_command", "stage_of_run", "ui_command"]
+__all__ = ["load_stage", "log_command", "stage_of_run"]
 
 
 # --- importing a stage again -----------------------------------------------------------
@@ -244,43 +242,3 @@ def _loggers_for(
         except StageImportError as e:
             out[run.stage] = ([], str(e))
     return out
-
-
-# --- xp ui -----------------------------------------------------------------------------
-
-
-def ui_command(argv: list[str]) -> int:
-    """``xp ui [--port N]``: the MLflow UI on 127.0.0.1, on the project's tracking store."""
-    from .._tracking._mlflow import Syncer, artifacts_root, tracking_uri
-
-    parser = argparse.ArgumentParser(
-        prog="xp ui",
-        description="Serve the MLflow UI of the project's tracking store on 127.0.0.1 "
-        "(foreground; Ctrl-C stops it).",
-    )
-    parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    uri = tracking_uri(settings)
-    Syncer(settings=settings)  # creates/migrates the store under the project lock
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    root = artifacts_root(uri)
-    if root is not None:
-        cmd += ["--artifacts-destination", root.as_uri()]
-    print(f"xp ui: MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C stops it)")
-    sys.stdout.flush()
-    server = subprocess.Popen(cmd)
-
-    def stop(signum: int, frame: Any) -> None:
-        server.terminate()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
