@@ -670,6 +670,22 @@ def test_runs_synced_by_the_previous_version_get_the_new_shape(
     assert shape_of(fresh_store, pipeline) == first
 
 
+def test_a_sweep_parent_left_running_by_a_dead_sync_is_finished_by_the_next(
+    fresh_store: str, pipeline: Path
+) -> None:
+    """A parent whose refresh never happened (sync killed) is set right by the next sync."""
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    c = client(fresh_store)
+    train = c.get_experiment_by_name("train").experiment_id
+    (parent,) = c.search_runs([train], "tags.`xpkit.sweep.parent` != ''")
+    c.update_run(parent.info.run_id, status="RUNNING")
+    c.set_tag(parent.info.run_id, "mlflow.note.content", "stale")
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    again = c.get_run(parent.info.run_id)
+    assert again.info.status == "FINISHED"
+    assert again.data.tags["mlflow.note.content"].startswith("**Sweep**")
+
+
 def test_syncing_a_run_first_syncs_the_upstream_run_its_note_links(
     fresh_store: str, pipeline: Path
 ) -> None:

@@ -169,12 +169,19 @@ class Mirror:
         *,
         metric_keys: Iterable[str],
         live: bool,
+        parent_stale: bool,
     ) -> None:
-        """Once the run is synced: its columns into the view, its sweep's parent refreshed."""
+        """Once the run is synced: its columns into the view, its sweep's parent refreshed.
+
+        ``parent_stale``: the run was made, re-parented or changed status, so its sweep's
+        parent (status, end, note) is worked out again, as is a parent a prefetch saw still
+        running (a sync that died before refreshing it); a live sync leaves that to the end.
+        """
         lock = run.lock
         self.update_view(experiment_id, view_columns(lock, key=self.key, metric_keys=metric_keys))
         sweep, parent = sweep_of(lock), tags.get(PARENT_ID_TAG)
-        if sweep is not None and parent and not live:
+        stale = parent_stale or bool(parent and self.sweeps.unfinished(parent))
+        if sweep is not None and parent and stale and not live:
             self.sweeps.touch(
                 experiment_id, parent, sweep, stage=lock.stage, where=posixpath.dirname(lock.dir)
             )

@@ -456,14 +456,16 @@ class Syncer:
             report.tags + len(new_tags),
             len(points),
         )
-        self._set_status(run_id, lock, found.info)
+        ended = self._set_status(run_id, lock, found.info)
         if not live:
             report.artifacts = self._upload(run, found.info.artifact_uri, state)
         _save_state(run.paths, self.uri, state)
         self._known.pop(lock.id, None)  # prefetched data is stale now
         self._synced[lock.id] = run_id
-        keys = {p.key for p in points}
-        self.mirror.after(run, exp_id, tags, metric_keys=sorted(keys), live=live)
+        # a sweep's parent depends on its points' links and statuses: redone when they change
+        moved = report.created or ended or "mlflow.parentRunId" in new_tags
+        keys = sorted({p.key for p in points})
+        self.mirror.after(run, exp_id, tags, metric_keys=keys, live=live, parent_stale=moved)
         return report
 
     def _locate(self, ref: UpstreamRef, root: Path, live: bool) -> tuple[str, str] | None:
@@ -581,14 +583,20 @@ class Syncer:
             bm, m = m[:room], m[room:]
             self.client.log_batch(run_id, metrics=bm, params=bp, tags=bt)
 
-    def _set_status(self, run_id: str, lock: RunLock, info: Any = None) -> None:
-        """Make the MLflow run's status and end time those of run.lock (``info``: as now)."""
+    def _set_status(self, run_id: str, lock: RunLock, info: Any = None) -> bool:
+        """Make the MLflow run's status and end time those of run.lock (``info``: as now).
+
+        Returns whether they changed.
+        """
         status, end = STATUS[lock.status], _ms(lock.ended)
         if status == "RUNNING":
             if info is None or info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+                return True
         elif info is None or info.status != status or info.end_time != end:
             self.client.set_terminated(run_id, status=status, end_time=end)
+            return True
+        return False
 
     def _upload(self, run: Run, artifact_uri: str, state: dict[str, Any]) -> int:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository

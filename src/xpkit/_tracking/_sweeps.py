@@ -60,6 +60,7 @@ class SweepParents:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._ids: dict[str, str] = {}  # sweep id -> parent MLflow run id
+        self._running: set[str] = set()  # parents a prefetch saw running: to be looked at
         self._pending: dict[str, _Refresh] | None = None  # inside batch(): refreshes to do
 
     def remember(self, found: Any) -> None:
@@ -67,6 +68,12 @@ class SweepParents:
         sweep_id = found.data.tags.get(PARENT_TAG)
         if sweep_id:
             self._ids.setdefault(sweep_id, found.info.run_id)
+            if found.info.status == "RUNNING":
+                self._running.add(found.info.run_id)
+
+    def unfinished(self, parent_id: str) -> bool:
+        """Whether a prefetch saw the parent still running (its points may be all in now)."""
+        return parent_id in self._running
 
     def parent_id(
         self,
@@ -131,6 +138,7 @@ class SweepParents:
     ) -> None:
         """A point of the sweep was synced: refresh its parent (now, or at the batch's end)."""
         job = _Refresh(experiment_id, parent_id, sweep, stage, where)
+        self._running.discard(parent_id)
         if self._pending is None:
             self._refresh(job)
         else:
