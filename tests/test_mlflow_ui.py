@@ -3,9 +3,10 @@
 One project (prepare -> train, a run with overrides and a 3-point joblib sweep) is synced by
 `xp log` into its default store, and one `xp ui --open` server (~20 s to start) serves it
 for the whole module; its "browser" is a script that records the address it was given.
-The rendering tests drive headless Chromium (skipped, saying so, when it is not installed;
-CI installs it) and keep a screenshot: in ``$XPKIT_TEST_ARTIFACTS`` when set, else in the
-test's temporary directory.
+Stopping that `xp ui` with SIGTERM must end the MLflow server and all its workers (checked
+when the module ends). The rendering tests drive headless Chromium (skipped, saying so,
+when it is not installed; CI installs it) and keep a screenshot: in
+``$XPKIT_TEST_ARTIFACTS`` when set, else in the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -94,10 +95,38 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )
     try:
         lines = _wait_for_line(out, "xp ui: ready", server)
+        mlflow_server = _children(server.pid)
         yield Served(root=root, port=port, lines=lines, opened=opened)
+        # SIGTERM to `xp ui` alone ends the MLflow server and every worker it started
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 143
+        assert mlflow_server
+        assert _session_members(mlflow_server[0], wait_s=30) == []
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _session_members(sid: int, *, wait_s: float) -> list[int]:
+    """Processes still in session ``sid`` after at most ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[3]) == sid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.5)
 
 
 def _wait_for_line(out: Path, start: str, server: subprocess.Popen[bytes]) -> list[str]:

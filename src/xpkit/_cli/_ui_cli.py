@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import os
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ __all__ = ["ui_command"]
 
 READY_TIMEOUT_S = 180.0  # `mlflow server` answers in ~20 s on a small machine; more when busy
 STAGES_SHOWN = 12
+STOP_TIMEOUT_S = 10.0
 
 
 def ui_command(argv: list[str]) -> int:
@@ -161,7 +163,9 @@ def _serve(uri: str, port: int, url: str, *, open_browser: bool) -> int:
     if root is not None:
         cmd += ["--artifacts-destination", root.as_uri()]
     _say(f"starting the MLflow server on 127.0.0.1:{port} (Ctrl-C stops it)")
-    server = subprocess.Popen(cmd)
+    # its own process group: `mlflow server` starts workers and job consumers that outlive a
+    # SIGTERM to it alone (it then waits for them forever); stopping ends the whole group
+    server = subprocess.Popen(cmd, start_new_session=True)
     ready = f"http://127.0.0.1:{port}/health"
     threading.Thread(
         target=_open,
@@ -171,17 +175,34 @@ def _serve(uri: str, port: int, url: str, *, open_browser: bool) -> int:
     ).start()
 
     def stop(signum: int, frame: Any) -> None:
-        server.terminate()
+        raise _Stopped
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
-        return 130
+    except (KeyboardInterrupt, _Stopped) as e:
+        _stop_group(server)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM to `xp ui`."""
+
+
+def _stop_group(server: subprocess.Popen[Any]) -> None:
+    """End the server's process group: SIGTERM, then SIGKILL what is left after a while."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):  # its workers, if they linger
+            os.killpg(server.pid, signal.SIGKILL)
+        return
 
 
 def _open(url: str, *, enabled: bool, ready: tuple[str, subprocess.Popen[Any]] | None) -> int:
