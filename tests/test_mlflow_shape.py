@@ -226,7 +226,9 @@ def test_the_note_says_what_changed_which_code_what_data_and_how_to_rerun() -> N
     assert "**with uncommitted changes**" in note
     assert f"[prepare ba40bf89f369]({route})" in note
     assert "`raw`: `data/raw.csv` `" + HASH + "`" in note
-    assert "xp show results/train/r1\nxp rerun results/train/r1" in note
+    assert (
+        "xp show results/train/r1\nxp rerun results/train/r1\nxp checkout results/train/r1" in note
+    )
 
 
 def test_the_note_tells_defaults_from_unknown() -> None:

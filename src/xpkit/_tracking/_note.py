@@ -3,8 +3,8 @@
 A run's note says what the run changed (the config keys that differ from the stage's
 defaults, recorded in run.lock ``defaults``; a sweep point's values), which code made it (the
 snapshot commit, and whether uncommitted changes were in it), what it read (data hashes) and
-consumed (upstream runs, linked to their MLflow runs), and the commands that show it again
-or re-run it. A sweep's parent run lists its points.
+consumed (upstream runs, linked to their MLflow runs), and the commands that show it again,
+re-run it or check its code out. A sweep's parent run lists its points.
 
 Everything from run.lock is shown as inline code (or a quoted shell word), never as markdown,
 so a key or value cannot inject links or markup; the note stays within MLflow's 8000
@@ -162,6 +162,8 @@ def _commands_part(lock: RunLock) -> str:
     commands = [f"xp show {where}", f"xp rerun {where}"]
     if lock.tasks:
         commands.append(f"xp tasks {where}")
+    if (lock.src or {}).get("commit"):
+        commands.append(f"xp checkout {where}  # its code, as a git worktree")
     return "\n".join(["```", *commands, "```"])
 
 
