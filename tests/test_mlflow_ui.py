@@ -292,6 +292,8 @@ def test_the_browser_opens_on_the_train_runs_table_with_config_metric_and_datase
     sweep = Run(run_dirs(served.root, "train")[-1]).lock.extra["sweep"]["id"]
     for shown in (alone.name, f"sweep-{sweep}", "Parameters", "lr", "Metrics", "train_loss"):
         assert shown in text, f"{shown!r} not on the page (screenshot: {shot})"
+    runs = len(run_dirs(served.root, "train")) + 1  # and the sweep's parent, its points nested
+    assert f"{runs} matching runs" in text
     assert "labels" in text  # the dataset column names what the runs read
     assert "train.py" in text  # the source, also of the loky-run sweep points
 
