@@ -217,7 +217,9 @@ def test_a_busy_port_is_a_one_line_error(served: Served) -> None:
         timeout=300,
     )
     assert done.returncode == 2
-    assert f"port {served.port} on 127.0.0.1 is in use; give another one: --port N" in done.stdout
+    assert done.stderr == (
+        f"xp ui: error: port {served.port} on 127.0.0.1 is in use; give another one: --port N\n"
+    )
 
 
 def test_a_server_store_is_addressed_not_served_and_open_says_when_no_browser(
@@ -318,3 +320,25 @@ def test_the_run_page_shows_the_note_with_a_link_to_the_upstream_run(
     text = text_of(dom)
     assert "changed from the stage's defaults" in text
     assert f"xp rerun {train.lock.dir}" in text
+
+
+def test_a_server_store_that_does_not_answer_is_a_one_line_error(tmp_path: Path) -> None:
+    """MLFLOW_TRACKING_URI on a server that is down: exit 2, one line naming it, no traceback."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = project_env(
+        tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", "ui"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"xp ui: error: cannot read the experiments of {uri}: ")

@@ -64,20 +64,29 @@ def ui_command(argv: list[str]) -> int:
     remote = syncer.uri.startswith(("http://", "https://"))
     base = syncer.uri.rstrip("/") if remote else f"http://127.0.0.1:{args.port}"
     stage = _stage_name(args.stage) if args.stage else None
-    addresses = _addresses(syncer.client, base, stage, store=syncer.uri, settings=settings)
+    try:
+        addresses = _addresses(syncer.client, base, stage, store=syncer.uri, settings=settings)
+    except (syncer.mlflow.exceptions.MlflowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _fail(f"cannot read the experiments of {syncer.uri}: {first}")
+        return 2
     _say(f"store {_store_text(syncer.uri, settings)}")
     for line in addresses[1:]:
         _say(line)
     if remote:
         return _open(addresses[0], enabled=args.open, ready=None)
     if not _port_free(args.port):
-        _say(f"error: port {args.port} on 127.0.0.1 is in use; give another one: --port N")
+        _fail(f"port {args.port} on 127.0.0.1 is in use; give another one: --port N")
         return 2
     return _serve(syncer.uri, args.port, addresses[0], open_browser=args.open)
 
 
 def _say(text: str) -> None:
     print(f"xp ui: {text}", flush=True)
+
+
+def _fail(text: str) -> None:
+    print(f"xp ui: error: {text}", file=sys.stderr, flush=True)
 
 
 def _stage_name(arg: str) -> str:
