@@ -29,4 +29,4 @@ run xp diff results/train/latest "$(ls -d results/train/2* | head -n 1)"
 run xp hash data
 run xp log
 echo
-echo "demo project: $dest  (try: cd $dest && xp ui)"
+echo "demo project: $dest  (try: cd $dest && xp ui train --open)"

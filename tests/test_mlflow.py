@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import xpkit as xp
 from helpers import SRC
+from mlflow_project import make_pipeline, project_env, run_dirs
 from xpkit._catalog._run import Run
 from xpkit._core._settings import clear_settings_cache
 from xpkit._tracking import _mlflow, _mlflow_live
@@ -409,58 +408,6 @@ def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         _mlflow.import_mlflow()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_xp_ui_serves_the_synced_runs_on_localhost(project: Path, store: str) -> None:
-    """`xp ui` answers the MLflow REST API on 127.0.0.1 with the synced runs."""
-
-    @xp.stage(name="ui_stage", src=False)
-    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
-        pass
-
-    main()
-    assert main.last is not None
-    mlflow_id = sync_run(main.last)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "xpkit", "ui", "--port", str(port)],
-        cwd=project,
-        env=env_for(project, store),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        exp = _poll_json(f"{base}/experiments/get-by-name?experiment_name=ui_stage", server)
-        body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode()
-        request = urllib.request.Request(
-            f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            runs = json.load(response)["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [mlflow_id]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _poll_json(url: str, server: subprocess.Popen[bytes]) -> Any:
-    deadline = time.monotonic() + 90  # the server starts in ~20 s, more on a busy machine
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.load(response)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.5)
-
-
 def test_runs_are_found_by_directory_stage_directory_and_id_prefix(project: Path) -> None:
     """RUN is a run directory, a directory of runs, or a unique id prefix."""
     from xpkit._catalog._runs import resolve_runs
@@ -545,3 +492,308 @@ def test_loggers_leave_the_fluent_tracking_uri_as_it_was(monkeypatch: pytest.Mon
         assert mlflow.get_tracking_uri() == "sqlite:////elsewhere/mlflow.db"
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.get_tracking_uri() == before
+
+
+# --- MLflow's own shape: sources, datasets, sweeps, maps, notes ------------------------------
+
+KIND = "custom_model_development"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """prepare -> train (lr=0.05) and a 3-point joblib sweep of train, made by their scripts."""
+    return make_pipeline(tmp_path_factory.mktemp("pipeline") / "proj")
+
+
+@pytest.fixture(scope="module")
+def empty_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite store, copied for each test that needs a store of its own."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def fresh_store(
+    empty_store_file: Path, tmp_path: Path, pipeline: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A store of its own, the pipeline project as the current project."""
+    path = tmp_path / "store" / "mlflow.db"
+    path.parent.mkdir()
+    shutil.copyfile(empty_store_file, path)
+    uri = f"sqlite:///{path}"
+    monkeypatch.setenv("XPKIT_ROOT", str(pipeline))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(pipeline)
+    clear_settings_cache()
+    return uri
+
+
+def pipeline_runs(root: Path) -> list[Run]:
+    return [Run(d) for stage in ("prepare", "train") for d in run_dirs(root, stage)]
+
+
+def sync_as_cd150c2(uri: str, run: Run, project: str) -> str:
+    """Write what the syncer of cd150c2 (the previous version) wrote for a run never synced.
+
+    Its experiment got no kind tag and no view; the run got today's ``tags_of`` plus
+    ``mlflow.source.name`` = run.lock ``entry.file`` as recorded (loky's file for a joblib
+    sweep point), its params and metric points, its status; no dataset input, no parent
+    run, no note. Its sync cursor is saved as that version saved it (artifacts left out).
+    """
+    from mlflow.entities import Metric, Param
+
+    c, lock = client(uri), run.lock
+    exp = c.get_experiment_by_name(lock.stage)
+    if exp is None:  # made as that version made it: artifacts in mlartifacts/<stage>
+        root = _mlflow.artifacts_root(uri)
+        assert root is not None
+        exp_id = c.create_experiment(lock.stage, artifact_location=(root / lock.stage).as_uri())
+    else:
+        exp_id = exp.experiment_id
+    tags = _mlflow.tags_of(lock, project=project)
+    entry = lock.extra.get("entry")
+    if isinstance(entry, dict) and entry.get("file"):
+        tags["mlflow.source.name"] = entry["file"]
+    made = c.create_run(
+        exp_id, start_time=_mlflow._ms(lock.started), tags=tags, run_name=run.dir.name
+    )
+    run_id = made.info.run_id
+    points, offset, counts = _mlflow._read_points(run.paths.metrics, 0, {})
+    c.log_batch(
+        run_id,
+        metrics=[Metric(p.key, p.value, p.timestamp, p.step) for p in points],
+        params=[Param(k, v) for k, v in _mlflow.params_of(lock).items()],
+    )
+    c.set_terminated(run_id, status=_mlflow.STATUS[lock.status], end_time=_mlflow._ms(lock.ended))
+    state = {"run_id": run_id, "offset": offset, "counts": counts, "pending": False}
+    _mlflow._save_state(run.paths, uri, state)
+    return str(run_id)
+
+
+def ui_lines(uri: str) -> list[str]:
+    """What `xp ui train` says about the store (without starting a server)."""
+    from xpkit._cli._ui_cli import _addresses
+    from xpkit._core._settings import load_settings
+
+    return _addresses(client(uri), "http://h", "train", store=uri, settings=load_settings())[1:]
+
+
+def shape_of(uri: str, root: Path) -> dict[str, Any]:
+    """Check the pipeline's mirror through the MLflow client; return what a re-sync keeps."""
+    c = client(uri)
+    exps = {name: c.get_experiment_by_name(name) for name in ("prepare", "train")}
+    assert {n: e.tags.get("mlflow.experimentKind") for n, e in exps.items()} == {
+        "prepare": KIND,
+        "train": KIND,
+    }
+    ids = [e.experiment_id for e in exps.values()]
+    found = list(c.search_runs(ids, max_results=1000))
+    mirrored = {r.data.tags["xpkit.run_id"]: r for r in found if "xpkit.run_id" in r.data.tags}
+    runs = pipeline_runs(root)
+    assert sorted(mirrored) == sorted(r.id for r in runs)  # one MLflow run per run directory
+    for run in runs:
+        ml = mirrored[run.id]
+        assert ml.data.tags["mlflow.source.name"] == f"{run.stage}.py"
+        recorded = {
+            (k, v["hash"].removeprefix("xxh3_128:"), v["path"]) for k, v in run.lock.data.items()
+        }
+        logged = [
+            (i.dataset.name, i.dataset.digest, json.loads(i.dataset.source)["uri"])
+            for i in ml.inputs.dataset_inputs
+        ]
+        assert sorted(logged) == sorted(recorded)  # each once, with its xxh3 digest
+    train = [r for r in runs if r.stage == "train"]
+    assert len({mirrored[r.id].inputs.dataset_inputs[0].dataset.digest for r in train}) == 1
+    points = [r for r in train if r.lock.extra.get("sweep")]
+    assert len(points) == 3
+    sweep_id = points[0].lock.extra["sweep"]["id"]
+    train_exp = exps["train"].experiment_id
+    (parent,) = c.search_runs([train_exp], f"tags.`xpkit.sweep.parent` = '{sweep_id}'")
+    pid = parent.info.run_id
+    children = c.search_runs([train_exp], f"tags.`mlflow.parentRunId` = '{pid}'")
+    assert sorted(ch.data.tags["xpkit.run_id"] for ch in children) == sorted(r.id for r in points)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.source.name"] == "train.py"
+    for child in children:
+        assert f"/runs/{child.info.run_id}?" in parent.data.tags["mlflow.note.content"]
+    alone = [r for r in train if not r.lock.extra.get("sweep")]
+    assert [mirrored[r.id].data.tags.get("mlflow.parentRunId") for r in alone] == [None]
+    prep = mirrored[next(r.id for r in runs if r.stage == "prepare")]
+    link = f"(#/experiments/{prep.info.experiment_id}/runs/{prep.info.run_id}?workflowType="
+    for run in train:
+        assert link in mirrored[run.id].data.tags["mlflow.note.content"]
+    assert (
+        "- `lr`: `0.05` (default `0.1`)" in mirrored[alone[0].id].data.tags["mlflow.note.content"]
+    )
+    return {
+        run_id: (
+            ml.info.run_id,
+            sorted((i.dataset.name, i.dataset.digest) for i in ml.inputs.dataset_inputs),
+            ml.data.tags.get("mlflow.parentRunId"),
+            ml.data.tags["mlflow.note.content"],
+        )
+        for run_id, ml in mirrored.items()
+    } | {"parent": (pid, parent.data.tags["mlflow.note.content"])}
+
+
+def test_first_sync_shows_sources_datasets_sweep_links_and_notes(
+    fresh_store: str, pipeline: Path
+) -> None:
+    """Experiment kind, sources (even of loky workers), digests, 1 parent of 3, upstream links."""
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    first = shape_of(fresh_store, pipeline)
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    for run in pipeline_runs(pipeline):  # a lost cursor: the run is found by its tag again
+        run.paths.mlflow_state.unlink()
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    assert shape_of(fresh_store, pipeline) == first  # nothing duplicated, nothing changed
+
+
+def test_runs_synced_by_the_previous_version_get_the_new_shape(
+    fresh_store: str, pipeline: Path
+) -> None:
+    """Runs mirrored by cd150c2's syncer gain kind, sources, inputs, parent and notes."""
+    old = {r.id: sync_as_cd150c2(fresh_store, r, pipeline.name) for r in pipeline_runs(pipeline)}
+    c = client(fresh_store)
+    train = c.get_experiment_by_name("train")
+    assert "mlflow.experimentKind" not in train.tags
+    before = c.search_runs([train.experiment_id])
+    assert any(r.data.tags["mlflow.source.name"].endswith("popen_loky_posix.py") for r in before)
+    assert all(not r.inputs.dataset_inputs for r in before)
+    assert ui_lines(fresh_store)[-1].endswith("`xp log` adds them")  # `xp ui` says what to do
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    assert ui_lines(fresh_store)[-1].startswith("runs of train: http://h/#/experiments/")
+    first = shape_of(fresh_store, pipeline)
+    assert {run_id: shape[0] for run_id, shape in first.items() if run_id != "parent"} == old
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    assert shape_of(fresh_store, pipeline) == first
+
+
+def test_a_sweep_parent_left_running_by_a_dead_sync_is_finished_by_the_next(
+    fresh_store: str, pipeline: Path
+) -> None:
+    """A parent whose refresh never happened (sync killed) is set right by the next sync."""
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    c = client(fresh_store)
+    train = c.get_experiment_by_name("train").experiment_id
+    (parent,) = c.search_runs([train], "tags.`xpkit.sweep.parent` != ''")
+    c.update_run(parent.info.run_id, status="RUNNING")
+    c.set_tag(parent.info.run_id, "mlflow.note.content", "stale")
+    _mlflow.sync_runs(pipeline_runs(pipeline))
+    again = c.get_run(parent.info.run_id)
+    assert again.info.status == "FINISHED"
+    assert again.data.tags["mlflow.note.content"].startswith("**Sweep**")
+
+
+def test_syncing_a_run_first_syncs_the_upstream_run_its_note_links(
+    fresh_store: str, pipeline: Path
+) -> None:
+    """Only the train run is synced: its prepare run is mirrored too, and linked."""
+    run = Run(run_dirs(pipeline, "train")[0])
+    mlflow_id = sync_run(run)
+    c = client(fresh_store)
+    (prep,) = c.search_runs([c.get_experiment_by_name("prepare").experiment_id])
+    note = c.get_run(mlflow_id).data.tags["mlflow.note.content"]
+    assert f"/runs/{prep.info.run_id}?workflowType=machine_learning)" in note
+    assert prep.data.tags["xpkit.run_id"] == run.lock.upstream["prep"]["id"]
+
+
+def test_concurrent_syncs_of_sweep_points_make_one_parent(fresh_store: str, pipeline: Path) -> None:
+    """Two `xp log` processes syncing points of one sweep at once agree on one parent run."""
+    points = [d for d in run_dirs(pipeline, "train") if Run(d).lock.extra.get("sweep")]
+    env = project_env(pipeline, MLFLOW_TRACKING_URI=fresh_store)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "xpkit", "log", "--no-loggers", "-q", str(d)],
+            cwd=pipeline,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in points[:2]
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    c = client(fresh_store)
+    exp = c.get_experiment_by_name("train").experiment_id
+    parents = c.search_runs([exp], "tags.`xpkit.sweep.parent` != ''")
+    assert len(parents) == 1
+    children = c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(children) == 2
+    assert parents[0].info.status == "RUNNING"  # 2 of 3 points in MLflow so far
+
+
+@pytest.mark.parametrize("backend", ["serial", "joblib"])
+def test_a_map_is_one_run_whose_task_metrics_are_at_their_task_index(
+    project: Path, store: str, backend: str
+) -> None:
+    """Tasks logging without a step: each point at its task's index, in one MLflow run."""
+    name = f"mapped_{backend}"
+
+    @xp.stage(name=name, src=False)
+    def main(cfg: Any = {"n": 0}) -> None:  # noqa: B006 - a mapping default is the config
+        xp.log_metrics({"x": cfg.n * 10 + 1})
+        xp.log_metrics({"x": cfg.n * 10 + 2})
+
+    run = main.map([{"n": n} for n in range(4)], backend=backend, jobs=2)
+    mlflow_id = sync_run(run)
+    assert [r.info.run_id for r in runs_tagged(store, name, run.id)] == [mlflow_id]
+    assert history(store, mlflow_id, "x") == [(i, i * 10.0 + k) for i in range(4) for k in (1, 2)]
+    assert "mlflow.parentRunId" not in client(store).get_run(mlflow_id).data.tags
+
+
+def test_a_forged_run_id_is_a_one_line_error_and_a_foreign_upstream_is_not_synced(
+    project: Path, store: str, tmp_path: Path
+) -> None:
+    """A run.lock id that could end a search filter is refused by name; an upstream outside."""
+
+    @xp.stage(name="forged", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main()
+    main()
+    assert main.last is not None
+    forged, good = sorted((project / "results" / "forged").glob("2*"))
+    text = (forged / "run.lock").read_text()
+    lock_id = Run(forged).id
+    (forged / "run.lock").write_text(text.replace(f"id: {lock_id}", "id: x' OR '1'='1"))
+    outside = tmp_path / "outside" / "run"
+    outside.mkdir(parents=True)
+    (outside / "run.lock").write_text(Run(good).paths.lock.read_text())
+    upstream = {"up": {"id": Run(good).id, "stage": "elsewhere", "dir": "../outside/run"}}
+    text = Run(good).paths.lock.read_text() + yaml.safe_dump({"upstream": upstream})
+    Run(good).paths.lock.write_text(text.replace("upstream: {}\n", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "xpkit", "log", "--no-loggers", "results/forged"],
+        cwd=project,
+        env=env_for(project, store),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "is not an xpkit run id" in done.stderr
+    assert str(forged.name) in done.stderr
+    assert client(store).get_experiment_by_name("elsewhere") is None
+    (ml,) = runs_tagged(store, "forged", Run(good).id)
+    assert "[elsewhere" not in ml.data.tags["mlflow.note.content"]
+
+
+def test_a_kind_the_user_chose_is_kept(project: Path, store: str) -> None:
+    """An experiment a user marked as GenAI stays so; xpkit only fills a missing kind."""
+    c = client(store)
+    exp_id = c.create_experiment("chosen_kind", artifact_location=(project / "art").as_uri())
+    c.set_experiment_tag(exp_id, "mlflow.experimentKind", "genai_development")
+
+    @xp.stage(name="chosen_kind", src=False)
+    def main(cfg: Any = {"n": 1}) -> None:  # noqa: B006 - a mapping default is the config
+        pass
+
+    main()
+    assert main.last is not None
+    sync_run(main.last)
+    assert c.get_experiment(exp_id).tags["mlflow.experimentKind"] == "genai_development"

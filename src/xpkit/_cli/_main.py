@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_tasks_cli:main",
         "progress of a mapped run: done, failed, left, Slurm jobs",
     ),
-    "ui": ("_mlflow_cli:ui_command", "serve the MLflow UI of the project on 127.0.0.1"),
+    "ui": ("_ui_cli:ui_command", "serve the MLflow UI and print the runs table's address"),
 }
 
 

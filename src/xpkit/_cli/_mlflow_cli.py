@@ -1,10 +1,8 @@
-"""``xp log`` (sync runs into MLflow, re-applying the stages' loggers) and ``xp ui``."""
+"""``xp log``: sync runs into MLflow, re-applying the stages' loggers (``xp ui``: ``_ui_cli``)."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -14,7 +12,7 @@ from .._core._settings import Settings, load_settings
 from .._execute._entry import load_stage
 from ..errors import LockError
 
-__all__ = ["log_command", "ui_command"]
+__all__ = ["log_command"]
 
 
 # --- xp log ----------------------------------------------------------------------------
@@ -90,43 +88,3 @@ def _log_runs(
             file=sys.stderr,
         )
     return 1 if report.problems else 0
-
-
-# --- xp ui -----------------------------------------------------------------------------
-
-
-def ui_command(argv: list[str]) -> int:
-    """``xp ui [--port N]``: the MLflow UI on 127.0.0.1, on the project's tracking store."""
-    from .._tracking._mlflow import Syncer, artifacts_root, tracking_uri
-
-    parser = argparse.ArgumentParser(
-        prog="xp ui",
-        description="Serve the MLflow UI of the project's tracking store on 127.0.0.1 "
-        "(foreground; Ctrl-C stops it).",
-    )
-    parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    uri = tracking_uri(settings)
-    Syncer(settings=settings)  # creates/migrates the store under the project lock
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    root = artifacts_root(uri)
-    if root is not None:
-        cmd += ["--artifacts-destination", root.as_uri()]
-    print(f"xp ui: MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C stops it)")
-    sys.stdout.flush()
-    server = subprocess.Popen(cmd)
-
-    def stop(signum: int, frame: Any) -> None:
-        server.terminate()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -17,7 +17,7 @@ import os
 import pathlib
 import tokenize
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -31,6 +31,7 @@ from ._yaml import load_yaml, yaml_error_where
 __all__ = [
     "FieldInfo",
     "apply_dotlist",
+    "changed_defaults",
     "describe_fields",
     "dotted_keys",
     "flatten",
@@ -193,6 +194,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.name
     return value
+
+
+def changed_defaults(
+    make_defaults: Callable[[], DictConfig], config: Mapping[str, Any], *, when: dt.datetime
+) -> dict[str, Any] | None:
+    """The default of each key whose value in ``config`` differs from it: dotted key → default.
+
+    What run.lock records as ``defaults``, so that a run says what it changed without the
+    stage's code. ``save_dir`` (a new directory per run) is left out; ``${now:...}``
+    resolves at ``when``; a default that does not resolve is compared as written. None when
+    the defaults cannot be built or do not have every key of ``config`` (they are then not
+    the defaults this config was built from).
+    """
+    try:
+        defaults = make_defaults()
+    except (oc_errors.OmegaConfBaseException, ConfigError, TypeError, ValueError):
+        return None
+    try:
+        with now_at(when):
+            plain = to_plain(defaults)
+    except oc_errors.OmegaConfBaseException:
+        plain = _plain(OmegaConf.to_container(defaults, resolve=False, enum_to_str=True))
+    default_of = flatten(plain)
+    values = flatten(dict(config))
+    values.pop("save_dir", None)
+    if any(key not in default_of for key in values):
+        return None
+    return {key: default_of[key] for key, value in values.items() if default_of[key] != value}
 
 
 def flatten(

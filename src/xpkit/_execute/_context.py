@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .._core._lock import RunLock, write_lock
 from .._core._paths import RunPaths
 from ..errors import NotInRunError
+from ._task import current_task
 
 if TYPE_CHECKING:
     import logging
@@ -139,7 +140,10 @@ class ActiveRun:
         values = {str(k): _number(v) for k, v in metrics.items()}
         import json
 
-        line = json.dumps({"time": time.time(), "step": step, "metrics": values})
+        record: dict[str, Any] = {"time": time.time(), "step": step, "metrics": values}
+        if (task := current_task()) is not None:  # a map's task: its metrics carry its index
+            record["task"] = task
+        line = json.dumps(record)
         with self._metrics_mutex:
             self.last_metrics.update(values)  # run.lock keeps them even if the file cannot
             try:

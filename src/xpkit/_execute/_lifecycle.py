@@ -300,7 +300,11 @@ def _first_lock(
 
     settings = plan.settings
     base = plan.code.dir if plan.code is not None else None
-    extra = {**request.extra, "entry": entry_record(plan.stage.entry(), settings, base=base)}
+    extra = {
+        **request.extra,
+        "entry": entry_record(plan.stage.entry(), settings, base=base),
+        "defaults": _config.changed_defaults(plan.stage.config, config, when=plan.started),
+    }
     argv = tuple(sys.argv if request.argv is None else request.argv)
     if previous is None:
         return RunLock(

@@ -32,6 +32,7 @@ from .._execute._context import ActiveRun, active_run, make_logger
 from .._execute._ending import error_record
 from .._execute._lifecycle import Outcome, RunHook, RunRequest, RunResult, execute
 from .._execute._locals import call_capturing
+from .._execute._task import task_scope
 from .._record._plan import RunPlan, StageInfo
 from ..errors import ConfigError, TaskError, TasksFailed
 from . import _tasks
@@ -422,12 +423,13 @@ class _Worker:
             cfg = self.configs(self.todo[index], index)
         except (ConfigError, TaskError) as e:
             return None, None, e
-        if capture:
-            return call_capturing(self.work.stage.fn, cfg)
-        try:
-            return self.work.stage.fn(cfg), None, None
-        except BaseException as e:
-            return None, None, e
+        with task_scope(index):  # its metrics records carry the task's index
+            if capture:
+                return call_capturing(self.work.stage.fn, cfg)
+            try:
+                return self.work.stage.fn(cfg), None, None
+            except BaseException as e:
+                return None, None, e
 
 
 _worker_cache: list[_Worker] = []

@@ -67,6 +67,9 @@ class StageInfo(Protocol):
     def entry(self) -> Mapping[str, str]:
         """Where the stage is defined: ``{module, qualname, file}`` (file absolute)."""
 
+    def config(self) -> DictConfig:
+        """The stage's default config."""
+
 
 @dataclass(frozen=True)
 class RunPlan:

@@ -66,7 +66,10 @@ def sync_many(
     syncer.prefetch({run.stage for run in good})
     chosen = _Loggers(loggers, stage, settings, report, strict=strict)
     shown = progress if progress is not None else (None if len(good) > 1 else False)
-    with ProgressBar("syncing runs to MLflow", total=len(good), enabled=shown) as bar:
+    with (
+        syncer.batch(),  # each sweep's parent run brought up to date once, at the end
+        ProgressBar("syncing runs to MLflow", total=len(good), enabled=shown) as bar,
+    ):
         for run in good:
             _sync_one(syncer, run, chosen.of(run), report, strict=strict)
             bar.advance()

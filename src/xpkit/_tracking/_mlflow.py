@@ -25,14 +25,17 @@ however often the directory is synced. Each sync sends only what is new:
   points; without a cursor (or after a sync died mid-way) the points already in MLflow are
   read back (``get_metric_history``) and skipped, so a point is never stored twice.
 - artifacts: ``config.yaml``, ``run.lock`` and ``run.log``, uploaded again when changed.
+- MLflow's own shape (``_shape.py``, ``_note.py``, ``_sweeps.py``, ``_ui.py``): the source
+  file, each hashed ``data`` entry as a dataset input (sent once per name and digest), a
+  sweep point as a child of its sweep's parent run, a map's task metrics at their task's
+  index, the note (``mlflow.note.content``), and per experiment the kind tag and the
+  ``xpkit`` view. Runs synced by an older xpkit get all of these on their next sync.
 
 Writes are batched (``log_batch``: 100 params, 100 tags, 1000 entities per call). Every
 sync of a project's runs holds the lock file ``<results>/.mlflow.lock``, so concurrent
 syncers never race on a fresh SQLite store's schema migration nor on one run's cursor.
 
-Tracking store: ``MLFLOW_TRACKING_URI``, else ``[tool.xpkit] tracking_uri``, else
-``sqlite:///<root>/<results_dir>/mlflow.db``. Artifacts of a SQLite store go to
-``mlartifacts/`` next to its file (``<results_dir>/mlartifacts`` by default).
+Tracking store and the project lock: see ``_store.py``.
 
 Automatic sync while and after a stage runs: see ``_mlflow_live.py``.
 """
@@ -41,9 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -52,7 +53,6 @@ import posixpath
 import re
 import shlex
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,14 +61,28 @@ from typing import Any
 from .._catalog._run import Run
 from .._core._config import flatten
 from .._core._lock import RunLock
-from .._core._paths import RunPaths, atomic_write_text, display_path
+from .._core._paths import RunPaths, atomic_write_text
 from .._core._settings import Settings, load_settings
-from ..errors import WriteError, missing_extra
+from ..errors import LockError
+from ._mirror import Mirror
+from ._shape import UpstreamRef, is_run_id
+from ._store import (
+    artifacts_root,
+    default_uri,
+    import_mlflow,
+    prepare_store,
+    project_lock,
+    tracking_enabled,
+    tracking_uri,
+)
 
 __all__ = [
     "STATUS",
     "SyncReport",
     "Syncer",
+    "artifacts_root",
+    "default_uri",
+    "import_mlflow",
     "mlflow_key",
     "params_of",
     "project_lock",
@@ -107,81 +121,6 @@ TAGGED_PACKAGES = (
 
 _log = logging.getLogger("xpkit.mlflow")
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. :/]")
-_OFF = ("0", "false", "no", "off", "")
-
-
-# --- where and whether ---------------------------------------------------------------
-
-
-def default_uri(settings: Settings) -> str:
-    """The embedded store: ``sqlite:///<root>/<results_dir>/mlflow.db``."""
-    return f"sqlite:///{settings.results_path / 'mlflow.db'}"
-
-
-def tracking_uri(settings: Settings | None = None) -> str:
-    """``MLFLOW_TRACKING_URI``, else ``[tool.xpkit] tracking_uri``, else the embedded store."""
-    settings = settings or load_settings()
-    return os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri or default_uri(settings)
-
-
-def tracking_enabled(settings: Settings | None = None) -> bool:
-    """Whether runs sync into MLflow automatically: the setting, ``XPKIT_TRACKING``, mlflow."""
-    env = os.environ.get("XPKIT_TRACKING")
-    if env is not None:
-        on = env.strip().lower() not in _OFF
-    else:
-        on = (settings or load_settings()).tracking
-    return on and _mlflow_installed()
-
-
-@functools.cache
-def _mlflow_installed() -> bool:
-    return importlib.util.find_spec("mlflow") is not None
-
-
-def import_mlflow() -> Any:
-    """The mlflow module; ImportError naming the extra when it is not installed."""
-    try:
-        import mlflow
-    except ImportError:
-        raise missing_extra("mlflow", "mlflow") from None
-    return mlflow
-
-
-_lock_mutex = threading.RLock()
-_lock_files: dict[Path, Any] = {}
-
-
-@contextlib.contextmanager
-def project_lock(settings: Settings) -> Iterator[None]:
-    """Hold ``<results>/.mlflow.lock``: one sync at a time per project, across processes.
-
-    Re-entrant within a thread; other threads of the process wait like other processes.
-    """
-    path = settings.results_path / ".mlflow.lock"
-    with _lock_mutex:
-        if path in _lock_files:  # held by this thread already (the mutex is re-entrant)
-            yield
-            return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: threads are still serialized
-            yield
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a")  # noqa: SIM115 - closed by the with below
-        except OSError as e:  # a read-only or full results directory: say where, no traceback
-            msg = f"cannot sync into MLflow: cannot write {display_path(path)} ({e.strerror or e})"
-            raise WriteError(msg) from None
-        with f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            _lock_files[path] = f
-            try:
-                yield
-            finally:
-                del _lock_files[path]
-                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --- run.lock → MLflow params and tags -----------------------------------------------
@@ -237,9 +176,6 @@ def tags_of(lock: RunLock, *, project: str = "") -> dict[str, str]:
         "xpkit.host": lock.host,
         "mlflow.source.type": "LOCAL",
     }
-    entry = lock.extra.get("entry")
-    if isinstance(entry, Mapping) and entry.get("file"):
-        tags["mlflow.source.name"] = entry["file"]
     if lock.error:
         tags["xpkit.error"] = f"{lock.error.get('type')}: {lock.error.get('message')}"
     tags.update(_src_tags(lock.src or {}))
@@ -334,8 +270,12 @@ def _read_points(
             stamp = round(float(record["time"]) * 1000)
             metrics = record["metrics"]
             step = record.get("step")
-        except (ValueError, KeyError, TypeError):
-            continue  # a line torn by a crash mid-write
+            if step is None:  # a map's task logged it: shown at the task's index
+                step = record.get("task")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            continue  # a line torn by a crash mid-write, or not a record at all
+        if not isinstance(metrics, dict):
+            continue
         for name, value in metrics.items():
             key = mlflow_key(str(name))
             n = counts.get(key, 0)
@@ -376,6 +316,7 @@ class SyncReport:
     tags: int = 0
     metrics: int = 0
     artifacts: int = 0
+    datasets: int = 0
 
 
 class Syncer:
@@ -391,7 +332,7 @@ class Syncer:
         self.settings = settings or load_settings()
         if client is None:
             uri = tracking_uri(self.settings)
-            _prepare_store(uri)
+            prepare_store(uri)
             with project_lock(self.settings):  # a fresh store migrates its schema here
                 client = self.mlflow.MlflowClient(tracking_uri=uri)
         self.client = client
@@ -402,6 +343,9 @@ class Syncer:
         self._known: dict[str, Any] = {}  # xpkit run id -> MLflow run, from prefetch
         self._prefetched: set[str] = set()  # experiment ids whose runs are all known
         self._synced: dict[str, str] = {}  # xpkit run id -> MLflow run id, synced here
+        self._syncing: set[str] = set()  # xpkit run ids being synced (upstream runs first)
+        self._absent: set[str] = set()  # upstream run ids a live sync did not find
+        self.mirror = Mirror(self.client, locate=self._locate, key=mlflow_key)
 
     # public ---------------------------------------------------------------------------
 
@@ -441,10 +385,17 @@ class Syncer:
                         run_id = found.data.tags.get(RUN_ID_TAG)
                         if run_id:
                             self._known.setdefault(run_id, found)
+                        self.mirror.remember(found)
                     token = page.token
                     if not token:
                         break
                 self._prefetched.add(exp_id)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Sync many runs: each sweep's parent run is brought up to date once, at the end."""
+        with self.mirror.sweeps.batch(lambda: project_lock(self.settings)):
+            yield
 
     def mlflow_id(self, run: Run) -> str | None:
         """The MLflow run id of ``run`` in this store, or None when it was never synced."""
@@ -455,12 +406,22 @@ class Syncer:
 
     def _sync(self, run: Run, *, live: bool) -> SyncReport:
         lock = run.lock
+        self._syncing.add(lock.id)
+        try:
+            return self._sync_one(run, live=live)
+        finally:
+            self._syncing.discard(lock.id)
+
+    def _sync_one(self, run: Run, *, live: bool) -> SyncReport:
+        lock = run.lock
         state = dict(_load_states(run.paths).get(self.uri) or {})
         found = self._find(lock, state.get("run_id"))
+        exp_id = self._experiment(lock.stage)
         tags = tags_of(lock, project=self.settings.root.name)
+        tags.update(self.mirror.tags(run, exp_id, tags, live=live))
         if found is None:
             found = self.client.create_run(
-                self._experiment(lock.stage),
+                exp_id,
                 start_time=_ms(lock.started),
                 tags=tags,
                 run_name=run.dir.name,
@@ -486,21 +447,72 @@ class Syncer:
         if points and not report.created:  # a crash mid-way leaves "pending": verify next time
             _save_state(run.paths, self.uri, {**state, "pending": True})
         self._log_batch(run_id, params, new_tags, points)
+        for key in self.mirror.stale_tags(tags, old_tags):
+            self.client.delete_tag(run_id, key)
+        report.datasets = self.mirror.log_datasets(run_id, found, run)
         state.update(offset=offset, counts=counts, pending=False)
         report.params, report.tags, report.metrics = (
             len(params),
             report.tags + len(new_tags),
             len(points),
         )
-        self._set_status(run_id, lock, found.info)
+        ended = self._set_status(run_id, lock, found.info)
         if not live:
             report.artifacts = self._upload(run, found.info.artifact_uri, state)
         _save_state(run.paths, self.uri, state)
         self._known.pop(lock.id, None)  # prefetched data is stale now
         self._synced[lock.id] = run_id
+        # a sweep's parent depends on its points' links and statuses: redone when they change
+        moved = report.created or ended or "mlflow.parentRunId" in new_tags
+        keys = sorted({p.key for p in points})
+        self.mirror.after(run, exp_id, tags, metric_keys=keys, live=live, parent_stale=moved)
         return report
 
+    def _locate(self, ref: UpstreamRef, root: Path, live: bool) -> tuple[str, str] | None:
+        """An upstream run's (experiment id, MLflow run id); it is synced first if need be.
+
+        A live sync only looks (and remembers what it did not find): the run's final sync
+        syncs a missing upstream run from its directory, when the project has it.
+        """
+        if live and ref.id in self._absent:
+            return None
+        mlflow_id = self._synced.get(ref.id)
+        known = self._known.get(ref.id)
+        if mlflow_id is None and known is not None:
+            mlflow_id = str(known.info.run_id)
+        exp_id = self._experiments.get(ref.stage) or self._existing_experiment(ref.stage)
+        if mlflow_id is None and exp_id is not None and exp_id not in self._prefetched:
+            found = self._search(exp_id, ref.id)
+            mlflow_id = None if found is None else str(found.info.run_id)
+        if mlflow_id is None and not live and ref.id not in self._syncing:
+            upstream = _local_run(ref, root)
+            if upstream is not None:
+                mlflow_id = self._sync(upstream, live=False).mlflow_id
+                exp_id = self._experiment(ref.stage)
+        if mlflow_id is None or exp_id is None:
+            self._absent.add(ref.id)
+            return None
+        return exp_id, mlflow_id
+
+    def _existing_experiment(self, stage: str) -> str | None:
+        exp = self.client.get_experiment_by_name(stage)
+        if exp is None or exp.lifecycle_stage != "active":
+            return None
+        self._experiments[stage] = str(exp.experiment_id)
+        self.mirror.experiment(str(exp.experiment_id))
+        return str(exp.experiment_id)
+
+    def _search(self, exp_id: str, run_id: str) -> Any:
+        """The MLflow run tagged with xpkit run id ``run_id``, or None."""
+        runs = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
+        )
+        return runs[0] if runs else None
+
     def _find(self, lock: RunLock, run_id: str | None) -> Any:
+        if not is_run_id(lock.id):  # it goes into a search filter: no quote may end it
+            msg = f"{lock.dir}: run.lock id {lock.id!r} is not an xpkit run id"
+            raise LockError(msg)
         known = self._known.get(lock.id)
         if known is not None:
             return known
@@ -516,16 +528,14 @@ class Syncer:
         exp_id = self._experiment(lock.stage)
         if exp_id in self._prefetched:
             return None
-        runs = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{lock.id}'", max_results=1
-        )
-        return runs[0] if runs else None
+        return self._search(exp_id, lock.id)
 
     def _experiment(self, stage: str) -> str:
         exp_id = self._experiments.get(stage)
         if exp_id is None:
             exp_id = self._get_or_create_experiment(stage)
             self._experiments[stage] = exp_id
+        self.mirror.experiment(exp_id)
         return exp_id
 
     def _get_or_create_experiment(self, name: str) -> str:
@@ -573,14 +583,20 @@ class Syncer:
             bm, m = m[:room], m[room:]
             self.client.log_batch(run_id, metrics=bm, params=bp, tags=bt)
 
-    def _set_status(self, run_id: str, lock: RunLock, info: Any = None) -> None:
-        """Make the MLflow run's status and end time those of run.lock (``info``: as now)."""
+    def _set_status(self, run_id: str, lock: RunLock, info: Any = None) -> bool:
+        """Make the MLflow run's status and end time those of run.lock (``info``: as now).
+
+        Returns whether they changed.
+        """
         status, end = STATUS[lock.status], _ms(lock.ended)
         if status == "RUNNING":
             if info is None or info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+                return True
         elif info is None or info.status != status or info.end_time != end:
             self.client.set_terminated(run_id, status=status, end_time=end)
+            return True
+        return False
 
     def _upload(self, run: Run, artifact_uri: str, state: dict[str, Any]) -> int:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -672,17 +688,17 @@ def _diff_params(
     return new, conflicts
 
 
-def artifacts_root(uri: str) -> Path | None:
-    """``mlartifacts/`` next to a SQLite store's file; None for other stores (theirs)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).parent / "mlartifacts"
-    return None
-
-
-def _prepare_store(uri: str) -> None:
-    """Create the directory of a SQLite store file."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+def _local_run(ref: UpstreamRef, root: Path) -> Run | None:
+    """The upstream run's directory in this project, when it is there and is that run."""
+    if not ref.dir:
+        return None
+    path = root / ref.dir
+    try:
+        path.resolve().relative_to(root.resolve())  # run.lock may name any path: stay inside
+        run = Run(path)
+        return run if run.lock.id == ref.id else None
+    except (ValueError, OSError, LockError):
+        return None
 
 
 def sync_run(
