@@ -37,7 +37,8 @@ import json, os, sys, time
 from pathlib import Path
 import mlflow
 from xpkit._catalog._run import Run
-from xpkit._tracking._mlflow import Syncer, sync_runs
+from xpkit._tracking._batch import sync_runs
+from xpkit._tracking._mlflow import Syncer
 
 root = Path(sys.argv[1])
 uri = os.environ["MLFLOW_TRACKING_URI"]
