@@ -35,7 +35,8 @@ wait_for() {  # wait_for SECONDS CMD...: retry CMD every 0.25 s
   return 1
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-fail() {
+refuse() { echo "slurm_up.sh: $*" >&2; exit 1; }  # bad settings: one line, nothing started
+fail() {  # a daemon did not start: say which, with the end of the logs
   echo "slurm_up.sh: $*" >&2
   for f in "$BASE"/log/*.log "$BASE"/munge/munged.log; do
     [ -f "$f" ] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }
@@ -86,7 +87,7 @@ elif [ -n "${SLURM_CI_PORTS:-}" ]; then
     [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || DB_PORT=""
   done
   [ -n "$DB_PORT" ] ||
-    fail "SLURM_CI_PORTS='$SLURM_CI_PORTS': give 4 ports (slurmctld slurmd slurmdbd MariaDB)"
+    refuse "SLURM_CI_PORTS='$SLURM_CI_PORTS': give 4 ports (slurmctld slurmd slurmdbd MariaDB)"
 else
   CTLD_PORT=$(free_port 6817)
   SLURMD_PORT=$(free_port $((CTLD_PORT + 1)) "$CTLD_PORT")
@@ -94,13 +95,14 @@ else
   DB_PORT=$(free_port 3307 "$CTLD_PORT" "$SLURMD_PORT" "$DBD_PORT")
 fi
 # a daemon we have to start needs its port free
+hint="choose others (SLURM_CI_PORTS), or stop the cluster using it with slurm_down.sh ITS_BASE_DIR"
+[ -z "$running" ] || hint="stop this cluster with slurm_down.sh $BASE; a new start picks free ports"
 for d in slurmctld:slurmctld.pid:$CTLD_PORT slurmd:slurmd.pid:$SLURMD_PORT \
          slurmdbd:slurmdbd.pid:$DBD_PORT mariadbd:mysqld.pid:$DB_PORT; do
   IFS=: read -r name pidf port <<<"$d"
   [[ " $DAEMONS " == *" $name:"* ]] || continue
   if ! alive "$BASE/$pidf" "$name" && listening "$port"; then
-    fail "port $port ($name) is taken: choose others (SLURM_CI_PORTS), or stop the cluster" \
-      "using it with slurm_down.sh ITS_BASE_DIR"
+    refuse "port $port ($name) is taken: $hint"
   fi
 done
 echo "$CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT" > "$BASE/ports"
