@@ -35,6 +35,7 @@ stop() {  # stop NAME:PIDFILE...: TERM them together, wait, KILL the stuck ones
 stop slurmd:slurmd.pid slurmctld:slurmctld.pid
 stop slurmdbd:slurmdbd.pid
 stop mariadbd:mysqld.pid munged:munge/munged.pid
+rm -f "$BASE/ports"                          # the next start picks free ports again
 if [ "${SLURM_CI_PURGE:-0}" = 1 ]; then
   rm -rf "$BASE"
 fi

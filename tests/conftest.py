@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,25 +41,25 @@ def s3_server() -> Any:
     """A local S3-compatible server (moto) on a free port of 127.0.0.1; yields its endpoint."""
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # port 0: the server binds a port the kernel picks, so no other process can take it
+    # between choosing and binding (a taken port would leave start() waiting forever)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
 @pytest.fixture
 def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket; botocore (under s3fs) finds the server through AWS_ENDPOINT_URL."""
-    import boto3
+    import s3fs
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     bucket = f"xpkit-{new_run_id()}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
     return f"s3://{bucket}/team/store"

@@ -308,7 +308,8 @@ def test_diff_shows_config_code_data_and_packages(pipeline: ModuleType) -> None:
     second = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     packages = dict(a.lock.env["packages"])
     _rewrite_lock(a, src={"commit": first.strip()}, data={"raw": {"hash": "xxh3_128:aa"}})
-    changed = {**{k: v for k, v in packages.items() if k != "pyyaml"}, "numpy": "0.0.1"}
+    # xxhash, like pyyaml, is a dependency of xpkit: recorded in every environment
+    changed = {**{k: v for k, v in packages.items() if k != "pyyaml"}, "xxhash": "0.0.1"}
     changed["brand-new-pkg"] = "1.0"
     _rewrite_lock(
         b,
@@ -323,7 +324,7 @@ def test_diff_shows_config_code_data_and_packages(pipeline: ModuleType) -> None:
     assert "pipeline.py | 2 +" in out
     assert "  raw: xxh3_128:aa -> xxh3_128:bb" in out
     assert "    (no readable file manifests: only the hash is known to differ)" in out
-    assert f"  packages.numpy: {packages.get('numpy', '(missing)')} -> 0.0.1" in out
+    assert f"  packages.xxhash: {packages['xxhash']} -> 0.0.1" in out
     assert f"  - packages.pyyaml: {packages['pyyaml']}" in out
     assert "  + packages.brand-new-pkg: 1.0" in out
     assert "acc: 0.42 -> 0.6  (+0.18)" in out

@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 from xpkit._cli._hash_cli import hash_command
 from xpkit._core._paths import RunPaths
 from xpkit._core._settings import Settings
+from xpkit._record import _data
 from xpkit._record._data import DataRecorder, diff_manifests, load_manifest, manifest_path
-from xpkit._record._hashing import HashRecord, hash_path
+from xpkit._record._hashing import HashRecord, hash_one, hash_path
 from xpkit.errors import DataError
 
 HOUR_NS = 3600 * 10**9
@@ -323,26 +324,37 @@ def test_recorder_prepare_rejects_missing_keys_and_paths(tmp_path: Path) -> None
         )
 
 
-def test_recorder_start_does_not_wait_for_hashing(tmp_path: Path) -> None:
-    """start() returns at once while a slow tree is hashed in the background."""
-    data = tmp_path / "slow"
-    data.mkdir()
-    with (data / "sparse.bin").open("wb") as f:
-        f.truncate(1 << 30)  # reads as zeros without using disk: ~0.1-1 s to hash
+def test_recorder_start_does_not_wait_for_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start() returns while the hash is still running; finish() waits for it.
+
+    The hash is held at a gate until start() has returned: a start() that waited for it
+    would come back only once the gate gives up, with the hash done.
+    """
+    data = tmp_path / "data"
+    _write(data, {"a.bin": b"a" * 1000, "sub/b.bin": b"b"})
+    gate, entered = threading.Event(), threading.Event()
+
+    def gated_hash(*args: Any, **kwargs: Any) -> HashRecord:
+        entered.set()
+        gate.wait(timeout=30)
+        return hash_one(*args, **kwargs)
+
+    monkeypatch.setattr(_data, "hash_one", gated_hash)
     plan = _plan(tmp_path, {"raw": str(data)}, ("raw",))
     recorder = DataRecorder()
     recorder.prepare(plan)
     run = _run(plan, "260101-000000")
-    t0 = time.perf_counter()
     recorder.start(run)
-    started_s = time.perf_counter() - t0
     busy = not recorder._futures["raw"].done()
+    gate.set()
     section = recorder.finish(run)
-    assert started_s < 0.05
     assert busy
+    assert entered.is_set()
     assert section["raw"]["hash"] == hash_path(data, cache=False, jobs=1).hash
-    assert section["raw"]["path"] == "slow"
-    assert section["raw"]["bytes"] == 1 << 30
+    assert section["raw"]["path"] == "data"
+    assert section["raw"]["bytes"] == 1001
 
 
 def test_recorder_finish_records_tracks_and_reports_changes(

@@ -27,9 +27,13 @@ import xpkit as xp
 class Config:
     x: int = 0
     sleep_s: float = 0.0
+    gate: str = ""  # a file to wait for (120 s at most) before the task does anything
 
 @xp.stage(src=False)
 def main(cfg: Config):
+    deadline = time.monotonic() + 120
+    while cfg.gate and not Path(cfg.gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     time.sleep(cfg.sleep_s)
     Path(cfg.save_dir, f"out-{cfg.x}.txt").write_text(os.environ.get("SLURM_JOB_ID", "-"))
     xp.log_metrics({"x": cfg.x})
@@ -62,8 +66,9 @@ def xp_script(project: Path, *args: str, timeout_s: float = 60) -> subprocess.Co
     )
 
 
-def write_tasks(project: Path, n: int, sleep_s: float) -> None:
-    lines = (json.dumps({"x": i, "sleep_s": sleep_s}) + "\n" for i in range(n))
+def write_tasks(project: Path, n: int, sleep_s: float, *, gate: Path | None = None) -> None:
+    extra = {"gate": str(gate)} if gate else {}
+    lines = (json.dumps({"x": i, "sleep_s": sleep_s, **extra}) + "\n" for i in range(n))
     (project / "tasks.jsonl").write_text("".join(lines))
 
 
@@ -100,23 +105,28 @@ def finished_runs(root: Path) -> list[Path]:
 
 
 def test_array_chunked_map_returns_at_once_and_finishes_in_one_run(project: Path) -> None:
-    """chunks=4: submission returns with 4 array job ids; jobs run joblib; one run, all ok."""
-    write_tasks(project, 40, 0.1)
-    start = time.monotonic()
+    """chunks=4: submission returns with 4 array job ids; jobs run joblib; one run, all ok.
+
+    Every task waits for a gate file that exists only once the submission has returned: a
+    submission that waited for its jobs would time out instead.
+    """
+    gate = project / "gate"
+    write_tasks(project, 40, 0.1, gate=gate)
     submitted = xp_script(
         project, "--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", "chunks=4", "cpus=2"
     )
     assert submitted.returncode == 0, submitted.stderr
-    assert time.monotonic() - start < 20
     said = submitted.stdout + submitted.stderr
     assert said.count("submitted") == 1  # said once, with how to follow the jobs
     assert "--wait" in said
     run = the_run(project)
     lock = load_lock(run)
-    assert lock.status in ("running", "completed")
+    assert lock.status == "running"
+    assert ok_counts(run) == {}
     assert lock.tasks is not None
     assert lock.tasks["mode"] == "array"
     assert len(lock.tasks["jobs"]) == 4
+    gate.touch()
     waited = wait_tasks(project, run, 180)
     assert waited.returncode == 0, waited.stdout + waited.stderr
     lock = load_lock(run)

@@ -479,14 +479,10 @@ def _run_config(run: Run) -> Any:
 
 def _console() -> Any:
     """The running IPython shell (Jupyter, VSCode, IPython terminal), or None."""
-    if "IPython" not in sys.modules:
-        return None
-    try:
-        # untyped in older IPython releases, typed in current ones
-        from IPython import get_ipython  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    return get_ipython()  # type: ignore[no-untyped-call,unused-ignore]  # as above
+    # looked up, not imported: IPython 8 leaves get_ipython unexported and unannotated,
+    # IPython 9 types it, and mypy must pass with either
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return None if get_ipython is None else get_ipython()
 
 
 def _script_argv(interactive: bool) -> list[str]:

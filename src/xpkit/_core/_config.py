@@ -53,11 +53,14 @@ def _now_resolver(fmt: str = "%y%m%d-%H%M%S") -> str:
 
 # OmegaConf 2.4 made register_resolver the API (register_new_resolver warns there); in
 # 2.3 register_resolver is the legacy one-argument form and register_new_resolver is right.
-if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:
-    # typed after 2.3's one-argument form, whichever release is installed
-    OmegaConf.register_resolver("now", _now_resolver, replace=True)  # type: ignore[call-arg,unused-ignore]
-else:
-    OmegaConf.register_new_resolver("now", _now_resolver, replace=True)
+# Looked up by name: mypy checks against the one version installed, and either call is wrong
+# for the other.
+_REGISTER = (
+    "register_resolver"
+    if "replace" in inspect.signature(OmegaConf.register_resolver).parameters
+    else "register_new_resolver"
+)
+getattr(OmegaConf, _REGISTER)("now", _now_resolver, replace=True)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ _fd_capture_active = False
 # a captured pipe that stays empty this long after the run is drained
 _QUIET_S = 0.1
 _QUIET_POLL_S = 0.02
+# a child still holding a pipe open (and writing) keeps its pump alive: the end of a capture
+# waits this long at most for both pumps
+_DRAIN_S = 2.0
 
 
 class LogFile:
@@ -146,8 +149,7 @@ def capture_output(log: LogFile, *, fds: bool) -> Iterator[None]:
             _flush_std()
             for pump in pumps:
                 pump.restore()
-            # a child still holding a pipe open keeps its pump alive: wait 2 s at most in all
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + _DRAIN_S
             for pump in pumps:
                 pump.finish(timeout_s=max(0.0, deadline - time.monotonic()))
             with _state:
