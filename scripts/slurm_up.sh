@@ -7,6 +7,7 @@
 #        eval "$(bash scripts/slurm_up.sh)"   (stdout is only the export line)
 # Env:   SLURM_CI_CPUS=<n>        advertised CPUs (default max(nproc, 4))
 #        SLURM_CI_ACCOUNTING=0    no slurmdbd/MariaDB (sacct then does not work)
+#        SLURM_CI_MAX_ARRAY_SIZE=<n>  MaxArraySize (default 8, so tests split arrays; Slurm's is 1001)
 # Stop:  bash scripts/slurm_down.sh [BASE_DIR]
 set -euo pipefail
 BASE=${1:-/tmp/xpkit-slurm}
@@ -107,6 +108,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=600
+MaxArraySize=${SLURM_CI_MAX_ARRAY_SIZE:-8}
 KillWait=5
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -1,4 +1,8 @@
-"""Slurm job states: one batched ``sacct`` call (``squeue`` without accounting) per poll."""
+"""Slurm job states: one batched ``sacct`` call (``squeue`` without accounting) per poll.
+
+Never submitit's own ``job.state`` / ``done()`` / ``result()``: they ask ``sacct`` again and
+again while waiting (submitit #1759).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from ..errors import TaskError
 
-__all__ = ["job_states", "require_jobs", "unfinished"]
+__all__ = ["expand_ids", "job_states", "require_jobs", "unfinished"]
 
 _LIVE_STATES = frozenset(
     {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
@@ -17,23 +21,45 @@ _LIVE_STATES = frozenset(
 
 
 def job_states(ids: Sequence[str], *, timeout_s: float = 10.0) -> dict[str, str]:
-    """``{job id: state}`` from ``sacct`` (with a timeout), else ``squeue``; {} when unknown."""
+    """``{job id: state}`` from one ``sacct`` call (with a timeout), else one ``squeue``
+    call; {} when unknown.
+
+    The call names each array once (``123`` for ``123_0`` ... ``123_9999``), so that ten
+    thousand tasks cost one short command line; the consolidated rows of pending tasks
+    (``123_[5-9999%50]``) are expanded back to the ids asked for.
+    """
     if not ids:
         return {}
-    joined = ",".join(ids)
-    out = _ask(["sacct", "-n", "-P", "-X", "-j", joined, "-o", "JobID,State"], timeout_s)
+    wanted = set(ids)
+    arrays = ",".join(dict.fromkeys(job.partition("_")[0] for job in ids))
+    out = _ask(["sacct", "-n", "-P", "-X", "-j", arrays, "-o", "JobID,State"], timeout_s)
+    states: dict[str, str] = {}
     if out is None:
-        out = _ask(["squeue", "-h", "-j", joined, "-o", "%i|%T"], timeout_s)
+        out = _ask(["squeue", "-h", "-r", "-j", arrays, "-o", "%i|%T"], timeout_s)
         if out is None:
             return {}
         states = dict.fromkeys(ids, "GONE")
-    else:
-        states = {}
     for line in out.splitlines():
         job, _, state = line.partition("|")
-        if job:
-            states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+        shown = state.split()[0] if state.strip() else "UNKNOWN"
+        for one in expand_ids(job.strip()):
+            if one in wanted:
+                states[one] = shown
     return states
+
+
+def expand_ids(job: str) -> list[str]:
+    """Slurm's ``123_[0-3,7%2]`` as ``["123_0", ..., "123_3", "123_7"]``; others as is."""
+    base, bracket, spec = job.partition("_[")
+    if not bracket:
+        return [job] if job else []
+    spec = spec.rstrip("]").partition("%")[0]
+    out: list[str] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            out += [f"{base}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return out
 
 
 def _ask(cmd: list[str], timeout_s: float) -> str | None:

@@ -3,7 +3,8 @@
 Submission returns at once with the job ids. Two modes:
 
 * array (default): the items left are split in ``chunks`` contiguous slices, one array task
-  per slice, each running joblib inside over the CPUs of its allocation;
+  per slice, each running joblib inside over the CPUs of its allocation; more slices than
+  the cluster's ``MaxArraySize`` go in several arrays;
 * pool (``workers=N``, maps only): N array tasks each take tasks one at a time until none is
   left (see ``_pool.py``). When the time limit nears, a worker stops taking tasks;
   submitit's signal then calls the job's ``checkpoint``, which requeues it: it starts again
@@ -34,7 +35,14 @@ from ._joblib import JoblibBackend
 from ._map import MapWork
 from ._pool import Pool, fresh_claims
 
-__all__ = ["OPTIONS", "SlurmBackend", "check_slurm_options", "parse_duration_s"]
+__all__ = [
+    "OPTIONS",
+    "SlurmBackend",
+    "check_slurm_options",
+    "max_array_size",
+    "parse_duration_s",
+    "submit_arrays",
+]
 
 OPTIONS: dict[str, tuple[type, ...]] = {
     "partition": (str,),
@@ -51,6 +59,7 @@ OPTIONS: dict[str, tuple[type, ...]] = {
 
 _DEFAULT_TIME_MIN = 60
 _DEFAULT_CHUNKS = 10
+_SLURM_MAX_ARRAY_SIZE = 1001
 
 
 class SlurmBackend:
@@ -86,9 +95,43 @@ class SlurmBackend:
             slices = chunks(indices, count)
             jobs = [ArrayJob(work, s) for s in slices]
             details = {"mode": "array", "chunks": len(slices)}
+        ids = submit_arrays(executor, jobs, max_array_size())
+        arrays = len({job_id.partition("_")[0] for job_id in ids})
+        return Submitted(tuple(ids), {**details, "arrays": arrays})
+
+
+def submit_arrays(executor: Any, jobs: Sequence[Any], limit: int) -> list[str]:
+    """Submit ``jobs`` as array jobs of at most ``limit`` tasks each; every task's job id.
+
+    Slurm rejects an array whose indices reach ``MaxArraySize`` (submitit #1624), so
+    the jobs go in consecutive slices, one ``sbatch`` each.
+    """
+    ids: list[str] = []
+    for start in range(0, len(jobs), max(1, limit)):
         with executor.batch():
-            submitted = [executor.submit(job) for job in jobs]
-        return Submitted(tuple(str(job.job_id) for job in submitted), details)
+            submitted = [executor.submit(job) for job in jobs[start : start + limit]]
+        ids += [str(job.job_id) for job in submitted]
+    return ids
+
+
+def max_array_size(*, timeout_s: float = 10.0) -> int:
+    """The cluster's ``MaxArraySize`` (``scontrol show config``); Slurm's default, 1001,
+    when it cannot be read. An array's indices must stay below it."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return _SLURM_MAX_ARRAY_SIZE
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(1, int(value))
+    return _SLURM_MAX_ARRAY_SIZE
 
 
 @dataclasses.dataclass
