@@ -19,6 +19,7 @@ from ._execute._context import current, get_logger, log_metrics, track_data, use
 from .errors import XpkitError
 
 if TYPE_CHECKING:
+    from ._api._rm import rm
     from ._api._script import run
     from ._catalog._runs import Runs, runs
     from ._record._data import diff_manifests, load_manifest
@@ -44,6 +45,7 @@ __all__ = [
     "log_metrics",
     "pull",
     "push",
+    "rm",
     "run",
     "runs",
     "stage",
@@ -58,6 +60,7 @@ __all__ = [
 # line (``run``), a script that only runs a stage does not pay for the others
 _LAZY = {
     "run": "_api._script",
+    "rm": "_api._rm",
     "HashRecord": "_record._hashing",
     "hash_path": "_record._hashing",
     "diff_manifests": "_record._data",

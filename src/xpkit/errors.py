@@ -14,6 +14,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── DataError (FileNotFoundError)     a tracked data path is missing or unreadable
     ├── RunDirError (OSError)             a run directory cannot be created or written
     ├── UpstreamError (ValueError)        an upstream run is missing or not completed
+    ├── RunInUseError (ValueError)        a run to delete is an upstream of a kept run
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
     │   └── UnsafePathError (ValueError)  a store entry would write outside the project
@@ -35,6 +36,7 @@ __all__ = [
     "LockVersionError",
     "NotInRunError",
     "RunDirError",
+    "RunInUseError",
     "RunNotFoundError",
     "SettingsError",
     "StageImportError",
@@ -90,6 +92,10 @@ class RunDirError(XpkitError, OSError):
 
 class UpstreamError(XpkitError, ValueError):
     """An upstream run is missing or did not complete."""
+
+
+class RunInUseError(XpkitError, ValueError):
+    """A run to delete is an upstream of a run that is kept."""
 
 
 class GitError(XpkitError, RuntimeError):

@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_store_cli:push_command",
         "copy runs' whole lineage (runs + code) to a store",
     ),
+    "rm": (
+        "_rm_cli:rm_command",
+        "delete runs and their MLflow mirror (not runs that kept runs consumed)",
+    ),
     "show": (
         "_browse_cli:show_command",
         "one run: summary, config, data, lineage, error",
