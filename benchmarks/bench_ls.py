@@ -32,7 +32,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 from xpkit._core._env import collect_env  # noqa: E402
-from xpkit._core._lock import RunLock, new_run_id, write_lock  # noqa: E402
+from xpkit._core._lock import RunLock, new_run_id  # noqa: E402
 from xpkit._core._paths import RunPaths  # noqa: E402
 from xpkit._core._yaml import dump_yaml  # noqa: E402
 
