@@ -8,11 +8,12 @@ client call goes through a PATH shim that logs it, so the calls are counted, not
    ``xp tasks --wait`` follows it, its ``sacct`` calls per poll, every task done once; and,
    on the same jobs at the same time, submitit's own waiting (``job.done()`` on each job
    until all are done) with its ``sacct`` calls.
-2. The same tasks as one array task each (``--wide``, default 10,000): submission time and
-   how the arrays were split at ``MaxArraySize``; then they are cancelled. And submitit's
-   ``map_array`` of as many jobs, which Slurm refuses past ``MaxArraySize``.
+2. ``--wide`` tasks (default 2,500) as one array task each: submission time and how the
+   arrays were split at ``MaxArraySize``; then they are cancelled. And submitit's
+   ``map_array`` of as many jobs, which Slurm refuses past ``MaxArraySize``. (10,000 array
+   tasks also meet ``MaxJobCount``, 10,000 by default, with the records ``MinJobAge`` keeps.)
 
-    python benchmarks/bench_slurm.py [--tasks 10000] [--chunks 20] [--wide 10000]
+    python benchmarks/bench_slurm.py [--tasks 10000] [--chunks 20] [--wide 2500]
 """
 
 from __future__ import annotations
@@ -193,7 +194,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--wide", type=int, default=10_000, help="0: skip")
+    parser.add_argument(
+        "--wide", type=int, default=2_500, help="array tasks of one task each (0: skip)"
+    )
     args = parser.parse_args()
     if not os.environ.get("SLURM_CONF"):
         sys.exit("export SLURM_CONF (scripts/slurm_up.sh prints the line)")

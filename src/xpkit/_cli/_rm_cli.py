@@ -52,8 +52,8 @@ def rm_command(argv: list[str]) -> int:
         return 0
     lines = [f"{_shown(run.dir)}  {run.id}  {run.stage}  {run.status}" for run in removal.runs]
     mirror = f" and {len(removal.mlflow_runs)} MLflow run(s)" if removal.mlflow_runs else ""
-    verb = "would delete" if args.dry_run else "deleting"
-    _listing(f"{verb} {len(removal.runs)} run(s){mirror}:", lines)
+    what = f"{len(removal.runs)} run(s){mirror}"
+    _listing(f"would delete {what}:" if args.dry_run else f"to delete: {what}:", lines)
     if removal.kept_by:
         message = in_use_message(removal.kept_by)
         if not args.force:
@@ -89,8 +89,8 @@ def store_rm_command(argv: list[str]) -> int:
         print("xp store rm: no run matches; nothing deleted")
         return 0
     lines = [f"{rid}  {m.get('stage', '?')}  {m.get('dir', '?')}" for rid, m in plan.runs.items()]
-    verb = "would delete" if args.dry_run else "deleting"
-    _listing(f"{verb} {len(plan.runs)} run(s) from {plan.store}:", lines)
+    what = f"{len(plan.runs)} run(s) from {plan.store}"
+    _listing(f"would delete {what}:" if args.dry_run else f"to delete: {what}:", lines)
     if args.dry_run or not _confirmed(args, len(plan.runs)):
         return 0
     store_rm(list(plan.runs), store=args.store, force=args.force)
@@ -115,7 +115,10 @@ def _confirmed(args: argparse.Namespace, count: int) -> bool:
             print("xp rm: nothing deleted: --where without a terminal needs --yes", file=sys.stderr)
             return False
         return True
-    answer = input(f"delete {count} run(s)? [y/N] ").strip().lower()
+    try:
+        answer = input(f"delete {count} run(s)? [y/N] ").strip().lower()
+    except EOFError:
+        answer = ""
     if answer not in ("y", "yes"):
         print("nothing deleted")
         return False
