@@ -271,7 +271,7 @@ class Runs(Sequence[Run]):
 
     def _keys(self) -> set[str]:
         """Every record key of these runs (for ``lr`` to stand for ``config.lr``)."""
-        return {key for run in self._runs for key in self.record(run)}
+        return set().union(*map(self.record, self._runs))
 
     def limit(self, n: int) -> Runs:
         """The first ``n`` runs."""
