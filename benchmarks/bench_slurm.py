@@ -192,7 +192,7 @@ def wide(top: Path, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=10_000, help="0: skip the full run")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument(
         "--wide", type=int, default=2_500, help="array tasks of one task each (0: skip)"
@@ -201,7 +201,8 @@ def main() -> None:
     if not os.environ.get("SLURM_CONF"):
         sys.exit("export SLURM_CONF (scripts/slurm_up.sh prints the line)")
     print(f"MaxArraySize {max_array_size()}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
-    for step in ("full", "wide") if args.wide else ("full",):
+    steps = [name for name, n in (("full", args.tasks), ("wide", args.wide)) if n]
+    for step in steps:
         top = Path(tempfile.mkdtemp(prefix=f"xpkit-bench-slurm-{step}-"))
         (top / "job.py").write_text(textwrap.dedent(SCRIPT))
         try:

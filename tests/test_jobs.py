@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xpkit._parallel._jobs import expand_ids, job_states
+from xpkit._parallel._jobs import expand_ids, job_ranges, job_states
 
 
 def test_expand_ids_reads_slurm_array_ranges() -> None:
@@ -23,3 +23,14 @@ def test_expand_ids_ignores_what_it_cannot_read() -> None:
 def test_job_states_of_nothing_asks_nothing() -> None:
     """No job: an empty answer without running a command."""
     assert job_states([]) == {}
+
+
+def test_job_ranges_are_what_expand_ids_reads_back() -> None:
+    """Many array tasks are written in Slurm's short form, and read back to the same ids."""
+    ids = [f"683_{i}" for i in range(1000)] + ["700_0", "700_1", "700_5", "812"]
+    shown = job_ranges(ids)
+    assert shown == "812, 683_[0-999], 700_[0-1,5]"
+    assert [j for part in shown.split(", ") for j in expand_ids(part)] == [
+        "812",
+        *ids[:-1],
+    ]

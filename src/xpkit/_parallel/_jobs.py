@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import TaskError
 
-__all__ = ["expand_ids", "job_states", "require_jobs", "unfinished"]
+__all__ = ["expand_ids", "job_ranges", "job_states", "require_jobs", "unfinished"]
 
 _LIVE_STATES = frozenset(
     {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
@@ -60,6 +60,33 @@ def expand_ids(job: str) -> list[str]:
         if first.isdigit() and (not last or last.isdigit()):
             out += [f"{base}_{i}" for i in range(int(first), int(last or first) + 1)]
     return out
+
+
+def job_ranges(ids: Sequence[str]) -> str:
+    """Job ids as Slurm writes arrays: ``683_[0-999], 700_[0-3,5]``; others as they are."""
+    arrays: dict[str, list[int]] = {}
+    plain: list[str] = []
+    for job in ids:
+        base, _, task = job.partition("_")
+        if task.isdigit():
+            arrays.setdefault(base, []).append(int(task))
+        else:
+            plain.append(job)
+    parts = plain + [f"{base}_[{_spans(sorted(tasks))}]" for base, tasks in arrays.items()]
+    return ", ".join(parts)
+
+
+def _spans(tasks: list[int]) -> str:
+    out: list[str] = []
+    start = prev = tasks[0]
+    for task in [*tasks[1:], None]:
+        if task is not None and task == prev + 1:
+            prev = task
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if task is not None:
+            start = prev = task
+    return ",".join(out)
 
 
 def _ask(cmd: list[str], timeout_s: float) -> str | None:

@@ -36,7 +36,7 @@ from .._record._plan import RunPlan, StageInfo
 from ..errors import ConfigError, TaskError, TasksFailed
 from . import _tasks
 from ._backends import Backend, Done
-from ._jobs import job_states, unfinished
+from ._jobs import job_ranges, job_states, unfinished
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -190,7 +190,7 @@ class _MapBody:
                 len(submitted.jobs),
                 submitted.details.get("mode", ""),
                 len(pending),
-                ", ".join(submitted.jobs),
+                job_ranges(submitted.jobs),
                 active.lock.dir,
             )
             return Outcome(detached=True)
