@@ -308,4 +308,4 @@ def test_map_over_max_array_size_is_split_and_polled_in_one_call(project: Path) 
     assert _calls(log, "squeue") == []
     assert ok_counts(run) == dict.fromkeys(range(n), 1)
     assert load_lock(run).status == "completed"
-    assert f"{n} array tasks in 3 array(s): {n} COMPLETED" in waited.stdout
+    assert f"jobs   {n} array tasks in 3 array(s): " in waited.stdout  # summed, not listed
