@@ -219,6 +219,19 @@ def test_stat_checker_that_dies_is_replaced_by_this_process(tree: Path) -> None:
     assert checker.finish() == {str(tree): [".hidden", "gone"]}
 
 
+def test_closed_stat_checker_leaves_no_process(tree: Path) -> None:
+    """close() (what a failing walk calls) ends the worker at once, answered or not."""
+    from xpkit._record._hashworker import StatChecker
+
+    checker = StatChecker()
+    proc = checker._proc
+    assert proc is not None
+    checker.check(str(tree), ["a.txt"], marshal.dumps({}))
+    checker.close()
+    assert proc.poll() is not None
+    checker.close()  # idempotent
+
+
 def test_hash_record_manifest_is_built_on_demand(tree: Path) -> None:
     """The manifest comes from the ordered listing, once; records compare without it."""
     record = hash_path(tree, cache=False, jobs=1)

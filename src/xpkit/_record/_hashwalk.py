@@ -113,6 +113,17 @@ class Walk:
 
     def run(self) -> Found:
         """Walk the whole tree (once)."""
+        try:
+            self._walk()
+        except BaseException:
+            if self.checker is not None:
+                self.checker.close()  # a DataError or Ctrl-C: no worker left behind
+            raise
+        if self.checker is not None:
+            self._apply(self.checker.finish())
+        return self.found
+
+    def _walk(self) -> None:
         st = os.stat(self.root)
         stack: list[Iterator[_Item]] = [
             iter(self._items(self.root, "", frozenset({(st.st_dev, st.st_ino)})))
@@ -129,9 +140,6 @@ class Walk:
                     found.misses.append((len(found.relpaths), item[1], item[2]))
                 found.relpaths.append(item[0])
                 found.entries.append(item[3])
-        if self.checker is not None:
-            self._apply(self.checker.finish())
-        return found
 
     def _apply(self, changes: dict[str, list[str]]) -> None:
         """Turn the files the stat checker found changed into misses."""

@@ -329,6 +329,13 @@ class StatChecker:
             out[directory] = changed_names(directory, names, row)
         return {d: changed for d, changed in out.items() if changed}
 
+    def close(self) -> None:
+        """Stop the worker without waiting for its answers."""
+        if self._proc is not None:
+            _reap([self._proc])
+            self._reader.join()
+            self._proc = None
+
     def _send(self) -> None:
         if not self._pending:
             return
