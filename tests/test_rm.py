@@ -252,3 +252,23 @@ def test_store_rm_refuses_needed_runs_and_removes_only_its_own(
     assert prepare.id in listed.stdout
     assert other.id in listed.stdout
     assert train.id not in listed.stdout
+
+
+def test_rm_of_a_linked_run_removes_the_link_not_its_target(
+    stages: ModuleType, tmp_path: Path
+) -> None:
+    """A run directory that is a symlink (a pull --link) loses the link; what it points at,
+    outside the results directory, is untouched, as is the latest link of a kept run."""
+    kept, linked = make_runs(stages, 2)
+    outside = tmp_path / "elsewhere" / "linked-run"
+    outside.parent.mkdir()
+    Path(linked.dir).rename(outside)
+    Path(linked.dir).symlink_to(outside)
+    latest = tmp_path / "results" / "prepare" / "latest"
+    latest.unlink()
+    latest.symlink_to(Path(kept.dir).name)
+    before = tree(tmp_path / "elsewhere")
+    xp.rm(linked.dir)
+    assert not os.path.lexists(linked.dir)
+    assert tree(tmp_path / "elsewhere") == before
+    assert latest.resolve() == Path(kept.dir).resolve()
