@@ -9,11 +9,20 @@ median and the best time, and each time as a multiple of xpkit's cold time.
 
 "cold" means an empty hash cache (never-seen files); "nothing changed" a second run with
 the cache of the first. The generated data is kept in ``--dir`` and reused by later runs.
+
+``--scale`` measures a tree of a million files instead (``--files`` sets the count), each
+tool as a fresh process, repeats interleaved: xpkit with a cold cache against ``xxhsum``;
+nothing changed, and one file changed, against the stat floor (``find -printf`` of size,
+mtime and inode) and against ``dvc data status`` (``--dvc PATH`` names a ``dvc`` kept out
+of this project's environment); peak memory of each xpkit run.
+
+    python benchmarks/bench_hashing.py --scale --dvc /opt/dvc-venv/bin/dvc
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
@@ -68,7 +77,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--big-gib", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", action="store_true", help="a million files, as processes")
+    parser.add_argument("--dvc", default=shutil.which("dvc"), help="the dvc command (--scale)")
     args = parser.parse_args()
+    if args.scale:
+        files = args.files if args.files != 100_000 else 1_000_000
+        _bench_scale(_small_tree(args.dir / f"small-{files}", files), args)
+        return
     small = _small_tree(args.dir / f"small-{args.files}", args.files)
     big = _big_file(args.dir / f"big-{args.big_gib:g}GiB", args.big_gib)
     print(f"{os.cpu_count()} CPUs, {jobs_of(None)} usable; python {sys.version.split()[0]}")
@@ -344,6 +359,149 @@ def _print_targets(rows: list[Row]) -> None:
 
 def _times(row: Row) -> str:
     return f"{row.median_s:.3f} s ({row.best_s:.3f} s)"
+
+
+# --- a million files, each tool a fresh process ------------------------------------
+
+_XPKIT = """
+import json, resource, sys, time
+sys.path.insert(0, {src!r})
+from xpkit._record._hashing import hash_path
+t = time.perf_counter()
+r = hash_path({root!r}, cache={cache!r})
+print(json.dumps({{"hash": r.hash, "files": r.files, "cached": r.cached_files,
+    "in_s": time.perf_counter() - t,
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+@dataclass
+class Sample:
+    """One timed process: wall and CPU seconds (its children included), xpkit's answer."""
+
+    wall_s: float
+    cpu_s: float
+    out: dict[str, object]
+
+
+def _process(cmd: str | list[str], *, cwd: Path | None = None) -> Sample:
+    cpu0 = _children_cpu_s()
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        cmd, shell=isinstance(cmd, str), cwd=cwd, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - t0
+    if done.returncode not in (0, 1):  # dvc data status exits 1 when something changed
+        sys.exit(f"{cmd} failed ({done.returncode}): {done.stderr[-2000:]}")
+    lines = done.stdout.strip().splitlines()
+    out = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return Sample(wall, _children_cpu_s() - cpu0, out)
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _xpkit(root: Path, cache: Path) -> list[str]:
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    code = _XPKIT.format(src=src, root=str(root), cache=str(cache))
+    return [sys.executable, "-c", code]
+
+
+def _bench_scale(root: Path, args: argparse.Namespace) -> None:
+    """Cold against xxhsum; nothing changed and one change against find and dvc."""
+    n = sum(1 for _ in root.rglob("*.bin"))
+    cache = root.parent / f"scale-cache-{root.name}.sqlite"
+    floor = f"find {root} -type f -printf '%s %T@ %i\\n' > /dev/null"
+    print(f"{n} files in {root}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
+    _process(f"find {root} -type f -print0 | xargs -0 cat > /dev/null")  # page cache warm
+    table: dict[str, list[Sample]] = {}
+
+    def measure(name: str, cmd: str | list[str], before: Callable[[], None] | None = None) -> None:
+        if before is not None:
+            before()
+        table.setdefault(name, []).append(_process(cmd, cwd=root.parent))
+
+    def fresh_cache() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{cache}{suffix}").unlink(missing_ok=True)
+
+    for _ in range(args.repeat):
+        measure("xpkit cold (empty cache)", _xpkit(root, cache), fresh_cache)
+        if shutil.which("xxhsum"):
+            xxh = f"find {root} -type f -print0 | xargs -0 xxhsum -H2 > /dev/null"
+            measure("xxhsum -H2 (one process)", xxh)
+            measure("xxhsum -H2 (xargs -P 2)", xxh.replace("xargs -0", "xargs -0 -P 2"))
+    if not shutil.which("xxhsum"):
+        print("xxhsum not found (apt-get install xxhash): its lines are skipped")
+    dvc = _dvc_repo(root, args.dvc)
+    victims = iter(sorted(root.glob("d*/f*.bin"))[:: max(1, n // (2 * args.repeat + 2))])
+    for _ in range(args.repeat):
+        measure("find -printf size mtime inode (stat floor)", floor)
+        measure("xpkit nothing changed", _xpkit(root, cache))
+        if dvc is not None:
+            measure("dvc data status (nothing changed)", [dvc, "data", "status"])
+    for _ in range(args.repeat):
+        _change(next(victims))
+        measure("find -printf, one file changed", floor)
+        measure("xpkit one file changed", _xpkit(root, cache))
+        if dvc is not None:
+            measure("dvc data status (one file changed)", [dvc, "data", "status"])
+    _print_scale(table)
+
+
+def _change(path: Path) -> None:
+    """New bytes of the same size, dated a minute back (so it is cached once read)."""
+    past = time.time_ns() - 60 * 10**9
+    path.write_bytes(os.urandom(path.stat().st_size))
+    os.utime(path, ns=(past, past))
+
+
+def _dvc_repo(root: Path, dvc: str | None) -> str | None:
+    """A DVC repo in the tree's parent tracking the tree (``dvc add`` once, timed)."""
+    if not dvc:
+        print("dvc not found (--dvc PATH): its lines are skipped")
+        return None
+    repo = root.parent
+    if not (repo / f"{root.name}.dvc").exists():
+        if not (repo / ".dvc").exists():
+            subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, check=True)
+        print(f"dvc add {root.name} (once, it hashes every file) ...", flush=True)
+        added = _process([dvc, "add", "-q", root.name], cwd=repo)
+        print(f"dvc add: {added.wall_s:.1f} s wall, {added.cpu_s:.1f} s CPU")
+    return dvc
+
+
+def _print_scale(table: dict[str, list[Sample]]) -> None:
+    line = "{:<46} {:>9} {:>9} {:>9} {:>8}"
+    print()
+    print(line.format("tool", "median s", "best s", "CPU s", "RSS MB"))
+    medians = {}
+    for name, samples in table.items():
+        walls = [s.wall_s for s in samples]
+        rss = max((float(str(s.out.get("rss_mb", 0))) for s in samples), default=0.0)
+        medians[name] = statistics.median(walls)
+        cpu = statistics.median(s.cpu_s for s in samples)
+        shown = f"{rss:.0f}" if rss else "-"
+        print(line.format(name, f"{medians[name]:.2f}", f"{min(walls):.2f}", f"{cpu:.2f}", shown))
+    for samples in (table.get("xpkit nothing changed", []), table.get("xpkit one file changed")):
+        for s in samples or []:
+            if s.out.get("cached") == s.out.get("files"):
+                continue
+            print(f"  xpkit read {int(str(s.out['files'])) - int(str(s.out['cached']))} file(s)")
+    print()
+    for left, right, target in (
+        ("xpkit nothing changed", "find -printf size mtime inode (stat floor)", 2.0),
+        ("xpkit one file changed", "find -printf, one file changed", 2.0),
+        ("xpkit cold (empty cache)", "xxhsum -H2 (one process)", 1.3),
+        ("xpkit nothing changed", "dvc data status (nothing changed)", 1.0),
+        ("xpkit one file changed", "dvc data status (one file changed)", 1.0),
+    ):
+        if left in medians and right in medians:
+            ratio = medians[left] / medians[right]
+            verdict = "PASS" if ratio <= target else "FAIL"
+            print(f"{verdict}  {left} / {right}: {ratio:.2f}x (target <= {target}x)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #        SLURM_CI_PORTS="CTLD SLURMD DBD DB"   ports of slurmctld, slurmd, slurmdbd and
 #                                 MariaDB (default: the first free ones from 6817 6818 6819
 #                                 3307 up); kept in BASE_DIR/ports while the cluster runs
+#        SLURM_CI_MAX_ARRAY_SIZE=<n>  MaxArraySize (default 8, so tests split arrays; Slurm's is 1001)
 # Stop:  bash scripts/slurm_down.sh [BASE_DIR]
 set -euo pipefail
 BASE=${1:-/tmp/xpkit-slurm}
@@ -148,6 +149,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=600
+MaxArraySize=${SLURM_CI_MAX_ARRAY_SIZE:-8}
 KillWait=5
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP

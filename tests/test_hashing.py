@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import marshal
 import multiprocessing
 import os
 import socket
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from xpkit._cli._hash_cli import hash_command
 from xpkit._core._paths import RunPaths
 from xpkit._core._settings import Settings
-from xpkit._record import _data
+from xpkit._record import _data, _hashing
 from xpkit._record._data import DataRecorder, diff_manifests, load_manifest, manifest_path
 from xpkit._record._hashing import HashRecord, hash_one, hash_path
 from xpkit.errors import DataError
@@ -167,6 +168,76 @@ def test_each_change_is_seen(tree: Path, cache: Path) -> None:
         assert record.hash == _expected(tree)
         hashes.add(record.hash)
     assert len(hashes) == 5
+
+
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walks with jobs >= 2 hand their stats to a checker process, however small the cache."""
+    monkeypatch.setattr(_hashing, "_CHECK_MIN_ROW_BYTES", 0)
+
+
+def test_each_change_is_seen_by_the_stat_checker(tree: Path, cache: Path, checked: None) -> None:
+    """With stats checked in a second process: an edit keeping size, mtime moved, is re-read;
+    edits, additions, deletions of files and of whole directories change the hash."""
+    base = hash_path(tree, cache=cache, jobs=2)
+    assert hash_path(tree, cache=cache, jobs=2).cached_files == base.files
+    target = tree / "sub" / "b.bin"
+    st = target.stat()
+    target.write_bytes(b"\x01" * st.st_size)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns - HOUR_NS))
+    edited = hash_path(tree, cache=cache, jobs=2)
+    assert edited.hash == _expected(tree) != base.hash
+    assert edited.cached_files == base.files - 1
+    assert edited.manifest is not None
+    assert edited.manifest["sub/b.bin"] == "xxh3_128:" + xxhash.xxh3_128_hexdigest(
+        target.read_bytes()
+    )
+    for change in (
+        lambda: (tree / "a" / "b").unlink(),
+        lambda: _write(tree, {"sub/deeper/new": b"new"}) or _age(tree / "sub" / "deeper"),
+        lambda: [p.unlink() for p in (tree / "sub" / "deeper").iterdir()],
+    ):
+        change()
+        record = hash_path(tree, cache=cache, jobs=2)
+        assert record.hash == _expected(tree)
+        assert hash_path(tree, cache=cache, jobs=2).cached_files == record.files
+
+
+def test_stat_checker_that_dies_is_replaced_by_this_process(tree: Path) -> None:
+    """A checker whose process is killed still answers: what it was not told is checked here."""
+    from xpkit._record._hashworker import StatChecker
+
+    past = time.time_ns() - HOUR_NS
+    files = [tree / "a.txt", tree / ".hidden"]
+    row = {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino, b"") for p in files}
+    os.utime(files[1], ns=(past - HOUR_NS, past - HOUR_NS))
+    checker = StatChecker()
+    assert checker._proc is not None
+    checker._proc.kill()
+    checker._proc.wait()
+    checker.check(str(tree), ["a.txt", ".hidden", "gone"], marshal.dumps(row))
+    assert checker.finish() == {str(tree): [".hidden", "gone"]}
+
+
+def test_closed_stat_checker_leaves_no_process(tree: Path) -> None:
+    """close() (what a failing walk calls) ends the worker at once, answered or not."""
+    from xpkit._record._hashworker import StatChecker
+
+    checker = StatChecker()
+    proc = checker._proc
+    assert proc is not None
+    checker.check(str(tree), ["a.txt"], marshal.dumps({}))
+    checker.close()
+    assert proc.poll() is not None
+    checker.close()  # idempotent
+
+
+def test_hash_record_manifest_is_built_on_demand(tree: Path) -> None:
+    """The manifest comes from the ordered listing, once; records compare without it."""
+    record = hash_path(tree, cache=False, jobs=1)
+    assert record.listing is not None
+    assert record.manifest is record.manifest
+    assert list(record.manifest or {}) == record.listing[0]
 
 
 def test_recent_files_are_not_cached(tmp_path: Path, cache: Path) -> None:

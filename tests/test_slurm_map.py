@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from helpers import SRC, ok_counts
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
 from xpkit._core._lock import load_lock
 from xpkit._core._paths import RunPaths
+from xpkit._parallel._slurm import max_array_size
 from xpkit.errors import LockError
 
 SCRIPT = """
@@ -241,3 +243,79 @@ def test_sweep_of_four_configs_on_slurm(project: Path) -> None:
         (2, 0.0),
         (2, 0.5),
     ]
+
+
+def _shim(project: Path, commands: tuple[str, ...]) -> tuple[dict[str, str], Path]:
+    """An environment whose PATH logs each call of ``commands``, then execs the real one."""
+    shims = project / "shims"
+    shims.mkdir()
+    log = project / "slurm-calls.log"
+    for name in commands:
+        real = shutil.which(name)
+        assert real is not None, f"{name} not on PATH"
+        script = shims / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
+        script.chmod(0o755)
+    shimmed = env(project)
+    shimmed["PATH"] = f"{shims}{os.pathsep}{shimmed['PATH']}"
+    return shimmed, log
+
+
+def _calls(log: Path, name: str) -> list[list[str]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line.split()[1:] for line in lines if line.split()[0] == name]
+
+
+def test_map_over_max_array_size_is_split_and_polled_in_one_call(project: Path) -> None:
+    """More array tasks than MaxArraySize: several arrays, every task once; each poll of
+    ``xp tasks --wait`` is one sacct call naming every array, and submission polls nothing."""
+    limit = max_array_size()
+    if limit > 32:
+        message = (
+            f"the cluster's MaxArraySize is {limit}: start it with"
+            " SLURM_CI_MAX_ARRAY_SIZE=8 to test array splitting in seconds"
+        )
+        if os.environ.get("XPKIT_TEST_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    n = 2 * limit + 1
+    write_tasks(project, n, 0.0)
+    shimmed, log = _shim(project, ("sbatch", "sacct", "squeue", "scontrol"))
+    args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", f"chunks={n}"]
+    submitted = subprocess.run(
+        [sys.executable, "job.py", *args],
+        cwd=project,
+        env=shimmed,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert len(_calls(log, "sbatch")) == 3
+    assert _calls(log, "scontrol") == [["show", "config"]]
+    assert _calls(log, "sacct") == _calls(log, "squeue") == []  # no submitit polling
+    run = the_run(project)
+    tasks = load_lock(run).tasks
+    assert tasks is not None
+    assert tasks["arrays"] == 3
+    assert len(tasks["jobs"]) == n
+    arrays = list(dict.fromkeys(str(job).split("_")[0] for job in tasks["jobs"]))
+    assert len(arrays) == 3
+    log.unlink()
+    waited = subprocess.run(
+        [sys.executable, "-m", "xpkit", "tasks", str(run), "--wait", "--interval", "1"],
+        cwd=project,
+        env=shimmed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    polls = waited.stdout.count("\ntasks  ") + waited.stdout.startswith("tasks  ")
+    sacct = _calls(log, "sacct")
+    assert len(sacct) == polls  # the progress lines, and the final report's poll
+    assert all(call[call.index("-j") + 1] == ",".join(arrays) for call in sacct)
+    assert _calls(log, "squeue") == []
+    assert ok_counts(run) == dict.fromkeys(range(n), 1)
+    assert load_lock(run).status == "completed"
+    assert f"jobs   {n} array tasks in 3 array(s): " in waited.stdout  # summed, not listed

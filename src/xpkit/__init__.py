@@ -20,6 +20,7 @@ from .errors import XpkitError
 
 if TYPE_CHECKING:
     from ._api._rerun import rerun
+    from ._api._rm import rm
     from ._api._script import run
     from ._catalog._runs import Runs, runs
     from ._record._data import diff_manifests, load_manifest
@@ -47,6 +48,7 @@ __all__ = [
     "pull",
     "push",
     "rerun",
+    "rm",
     "run",
     "runs",
     "stage",
@@ -62,6 +64,7 @@ __all__ = [
 _LAZY = {
     "run": "_api._script",
     "rerun": "_api._rerun",
+    "rm": "_api._rm",
     "HashRecord": "_record._hashing",
     "hash_path": "_record._hashing",
     "diff_manifests": "_record._data",

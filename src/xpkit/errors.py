@@ -15,6 +15,7 @@ resemble, so ``except ValueError`` keeps working for callers who do not know xpk
     ├── WriteError (OSError)              a file xpkit must write cannot be (read-only, full)
     │   └── RunDirError                   a run directory cannot be created or written
     ├── UpstreamError (ValueError)        an upstream run is missing or not completed
+    ├── RunInUseError (ValueError)        a run to delete is an upstream of a kept run
     ├── GitError (RuntimeError)           a git command failed
     ├── StoreError (RuntimeError)         push / pull to a store failed
     │   └── UnsafePathError (ValueError)  a store entry would write outside the project
@@ -42,6 +43,7 @@ __all__ = [
     "NotReproducibleError",
     "RerunError",
     "RunDirError",
+    "RunInUseError",
     "RunNotFoundError",
     "SettingsError",
     "StageImportError",
@@ -102,6 +104,10 @@ class RunDirError(WriteError):
 
 class UpstreamError(XpkitError, ValueError):
     """An upstream run is missing or did not complete."""
+
+
+class RunInUseError(XpkitError, ValueError):
+    """A run to delete is an upstream of a run that is kept."""
 
 
 class GitError(XpkitError, RuntimeError):

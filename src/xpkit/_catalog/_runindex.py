@@ -7,23 +7,28 @@ with a small parser for the plain YAML that dump_yaml writes there, PyYAML for a
 and the full parse whenever the cut text does not validate: a hand-written lock is read
 correctly, just slower.
 
-:class:`RunIndex` remembers each head in a JSON file keyed by the lock's (mtime_ns, size,
-inode): a listing of unchanged runs reads no YAML at all.
+:class:`RunIndex` remembers each head in a ``marshal`` file keyed by the lock's (mtime_ns,
+size, inode): a listing of unchanged runs reads no YAML at all, and loads 100,000 heads in a
+fraction of the time JSON takes. A head cached from a lock modified in the last two seconds
+is not trusted later: another write within the same mtime tick could keep its stamp.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
+import marshal
 import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .._core._lock import RunLock, decode_lock, load_lock
-from .._core._paths import atomic_write_text
+from .._core._paths import atomic_write_bytes
 from .._core._yaml import load_yaml
 from ..errors import LockError, LockVersionError
 
@@ -51,7 +56,12 @@ HEAD_KEYS = frozenset(
     }
 )
 
-_INDEX_VERSION = 3  # 3: heads checked by _core._schema, new error messages
+_INDEX_VERSION = 6  # 3: heads checked by _core._schema; 4: marshal; 5: names interned
+# A lock modified this recently may be rewritten within the same mtime tick (the "racily
+# clean" problem of git): its head is used but not cached.
+_RACY_NS = 2_000_000_000
+_NAME_CHARS = 40
+_LOCK_FIELDS = frozenset(f.name for f in dataclasses.fields(RunLock)) - {"extra"}
 
 
 def _cut(text: str) -> str:
@@ -204,7 +214,7 @@ def read_head(path: str | os.PathLike[str]) -> RunLock:
 
 
 class RunIndex:
-    """Run.lock heads cached by (mtime_ns, size, inode) in one JSON file.
+    """Run.lock heads cached by (mtime_ns, size, inode) in one marshal file.
 
     ``path=None`` keeps the cache in memory only. A cache that cannot be read or written is
     silently ignored: it only ever saves time.
@@ -219,8 +229,8 @@ class RunIndex:
         if self.path is None:
             return {}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = marshal.loads(self.path.read_bytes())
+        except (OSError, EOFError, ValueError, TypeError):
             return {}
         if not isinstance(data, dict) or data.get("version") != _INDEX_VERSION:
             return {}
@@ -241,7 +251,9 @@ class RunIndex:
         stamp = [st.st_mtime_ns, st.st_size, st.st_ino]
         entry = self._entries.get(lock_path)
         if entry is not None and entry[:3] == stamp:
-            return _from_entry(entry[3], lock_path)
+            cached = _from_entry(entry[3], lock_path)
+            if cached is not None:
+                return cached
         try:
             lock = read_head(lock_path)
         except LockVersionError as e:
@@ -254,7 +266,10 @@ class RunIndex:
         return lock
 
     def _store(self, key: str, stamp: list[int], value: dict[str, Any]) -> None:
-        self._entries[key] = [*stamp, value]
+        if time.time_ns() - stamp[0] < _RACY_NS:
+            self._entries.pop(key, None)
+            return
+        self._entries[key] = [*stamp, _interned(value)]
         self._dirty = True
 
     def save(self) -> None:
@@ -263,31 +278,59 @@ class RunIndex:
             return
         self._entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
         try:
-            text = _dumps(self._entries)
-        except (TypeError, ValueError):  # a value JSON cannot hold (a YAML date): not cached
-            self._entries = {k: v for k, v in self._entries.items() if _jsonable(v)}
-            text = _dumps(self._entries)
+            data = _dumps(self._entries)
+        except ValueError:  # a value marshal cannot hold (a YAML date): not cached
+            self._entries = {k: v for k, v in self._entries.items() if _storable(v)}
+            data = _dumps(self._entries)
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, text)
+            atomic_write_bytes(self.path, data)
         self._dirty = False
 
 
-def _dumps(entries: dict[str, list[Any]]) -> str:
-    return json.dumps({"version": _INDEX_VERSION, "entries": entries}, separators=(",", ":"))
+def _interned(value: Any) -> Any:
+    """``value`` with its mapping keys and short names interned: marshal writes an
+    interned string once and refers to it after, so that 100,000 heads sharing the same
+    50 config keys load twice as fast."""
+    if isinstance(value, dict):
+        return {(sys.intern(k) if type(k) is str else k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    if type(value) is str and len(value) <= _NAME_CHARS and value.isidentifier():
+        return sys.intern(value)
+    return value
 
 
-def _jsonable(value: Any) -> bool:
+def _dumps(entries: dict[str, list[Any]]) -> bytes:
+    return marshal.dumps({"version": _INDEX_VERSION, "entries": entries})
+
+
+def _storable(value: Any) -> bool:
     try:
-        json.dumps(value)
-    except (TypeError, ValueError):
+        marshal.dumps(value)
+    except ValueError:
         return False
     return True
 
 
-def _from_entry(value: dict[str, Any], source: str) -> RunLock:
+def _from_entry(value: Any, source: str) -> RunLock | None:
+    """The cached head, or its cached failure raised again; None for a damaged entry."""
+    if not isinstance(value, dict):
+        return None
     if "lock" in value:
-        return RunLock.from_dict(value["lock"], source=source)
+        return _trusted(value["lock"])
     if "version_error" in value:
-        raise LockVersionError(value["version_error"])
-    raise LockError(value.get("error", f"{source}: invalid run.lock"))
+        raise LockVersionError(str(value["version_error"]))
+    raise LockError(str(value.get("error", f"{source}: invalid run.lock")))
+
+
+def _trusted(data: Any) -> RunLock | None:
+    """A lock from a head this index validated when it stored it (no second check)."""
+    try:
+        known = {k: v for k, v in data.items() if k in _LOCK_FIELDS}
+        known["argv"] = tuple(known.get("argv") or ())
+        known["config"] = known.get("config") or {}
+        extra = {k: v for k, v in data.items() if k not in _LOCK_FIELDS}
+        return RunLock(**known, extra=extra)
+    except (AttributeError, TypeError):
+        return None  # not what this index writes: read the lock again

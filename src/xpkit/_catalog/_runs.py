@@ -156,12 +156,15 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
         return  # a symlink loop
     seen.add(real)
     for sub, sub_real in subdirs:
-        _walk(sub, found, seen, sub_real)
+        if os.path.isfile(os.path.join(sub, "run.lock")):
+            _add(sub, found, seen, sub_real)  # a run: one stat, no listing of its files
+        else:
+            _walk(sub, found, seen, sub_real)
 
 
 def _index(settings: Settings) -> RunIndex:
     results = settings.results_path
-    return RunIndex(results / ".xpkit" / "runs.json" if results.is_dir() else None)
+    return RunIndex(results / ".xpkit" / "runs.marshal" if results.is_dir() else None)
 
 
 class Runs(Sequence[Run]):
@@ -280,7 +283,7 @@ class Runs(Sequence[Run]):
 
     def _keys(self) -> set[str]:
         """Every record key of these runs (for ``lr`` to stand for ``config.lr``)."""
-        return {key for run in self._runs for key in self.record(run)}
+        return set().union(*map(self.record, self._runs))
 
     def limit(self, n: int) -> Runs:
         """The first ``n`` runs."""

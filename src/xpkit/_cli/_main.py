@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_rerun_cli:rerun_command",
         "run a past run again from its code snapshot; --verify compares outputs",
     ),
+    "rm": (
+        "_rm_cli:rm_command",
+        "delete runs and their MLflow mirror (not runs that kept runs consumed)",
+    ),
     "show": (
         "_browse_cli:show_command",
         "one run: summary, config, data, lineage, error",

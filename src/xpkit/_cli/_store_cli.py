@@ -117,9 +117,14 @@ def _print_pull(report: PullReport) -> None:
 
 
 def store_command(argv: list[str]) -> int:
-    """``xp store ls [--store URL] [--format table|json]``."""
+    """``xp store ls [--store URL] [--format table|json]``; ``xp store rm`` (``_rm_cli``)."""
+    if argv[:1] == ["rm"]:  # its own parser, in _rm_cli
+        from ._rm_cli import store_rm_command
+
+        return store_rm_command(argv[1:])
     parser = argparse.ArgumentParser(prog="xp store", description="Inspect a store.")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("rm", help="delete runs from a store (xp store rm --help)")
     ls = sub.add_parser("ls", help="list the runs a store holds")
     ls.add_argument("--store", metavar="URL", help=_STORE_HELP)
     ls.add_argument("--format", choices=("table", "json"), default="table")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from .._parallel import _tasks
 from .._parallel._jobs import job_states, unfinished
 
 __all__ = ["main"]
+
+_LISTED_JOBS = 12
 
 
 def main(argv: list[str]) -> int:
@@ -70,6 +73,16 @@ def _end_if_abandoned(
         _tasks.finalize(paths, _tasks.scan_done(paths, state.total), force=True)
 
 
+def _jobs_line(states: dict[str, str]) -> str:
+    """Each job's state, or for many jobs how many are in each state."""
+    if len(states) <= _LISTED_JOBS:
+        return ", ".join(f"{job} {state}" for job, state in sorted(states.items()))
+    counts = collections.Counter(states.values())
+    arrays = len({job.partition("_")[0] for job in states})
+    shown = ", ".join(f"{n} {state}" for state, n in counts.most_common())
+    return f"{len(states)} array tasks in {arrays} array(s): {shown}"
+
+
 def _progress_line(state: _tasks.TaskState) -> str:
     pct = 100.0 * state.done / state.total if state.total else 100.0
     return (
@@ -98,7 +111,7 @@ def _report(
         eta = f"; about {duration_text(state.left / rate)} left" if state.left and rate else ""
         lines.append(f"speed  {rate:.2f} tasks/s over {duration_text(span)}{eta}")
     if states:
-        lines.append("jobs   " + ", ".join(f"{job} {st}" for job, st in sorted(states.items())))
+        lines.append("jobs   " + _jobs_line(states))
     if state.failed:
         lines.append("failed:")
         todo = _tasks.read_todo(paths)

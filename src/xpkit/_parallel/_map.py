@@ -37,7 +37,7 @@ from .._record._plan import RunPlan, StageInfo
 from ..errors import ConfigError, TaskError, TasksFailed
 from . import _tasks
 from ._backends import Backend, Done
-from ._jobs import job_states, unfinished
+from ._jobs import job_ranges, job_states, unfinished
 from ._shipped import Shipment, tree_of_section
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class _MapBody:
                 len(submitted.jobs),
                 submitted.details.get("mode", ""),
                 len(pending),
-                ", ".join(submitted.jobs),
+                job_ranges(submitted.jobs),
                 active.lock.dir,
             )
             return Outcome(detached=True)

@@ -27,7 +27,7 @@ from ._hashworker import Entry
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["DirEntries", "Entry", "HashCache", "default_cache_path"]
+__all__ = ["DirEntries", "Entry", "HashCache", "decode_row", "default_cache_path"]
 
 DirEntries = dict[str, Entry]
 """File name -> entry, for the files of one directory."""
@@ -84,6 +84,12 @@ class HashCache:
 
     def load(self, path: str, *, subtree: bool = True) -> dict[str, DirEntries]:
         """Return the cached directories ``path`` and, when ``subtree``, all below it."""
+        rows = self.load_rows(path, subtree=subtree)
+        return {p: d for p, blob in rows.items() if (d := decode_row(blob)) is not None}
+
+    def load_rows(self, path: str, *, subtree: bool = True) -> dict[str, bytes]:
+        """Like :meth:`load`, each directory's entries still encoded (see :func:`decode_row`):
+        a walk decodes a row when it enters the directory, and drops it after."""
         import sqlite3
 
         try:
@@ -100,7 +106,7 @@ class HashCache:
         except sqlite3.Error as e:
             self._fail("read", e)
             return {}
-        return {os.fsdecode(p): d for p, blob in rows if (d := _loads(blob)) is not None}
+        return {os.fsdecode(p): blob for p, blob in rows}
 
     def store(
         self, dirs: dict[str, DirEntries], *, deletes: Iterable[str] = (), merge: bool = False
@@ -196,7 +202,7 @@ def _write(
             key = os.fsencode(d)
             if merge:
                 old = con.execute("SELECT entries FROM dirs WHERE path = ?", (key,)).fetchone()
-                entries = {**(_loads(old[0]) or {}), **entries} if old else entries
+                entries = {**(decode_row(old[0]) or {}), **entries} if old else entries
             rows.append((key, marshal.dumps(entries)))
         con.executemany("INSERT OR REPLACE INTO dirs (path, entries) VALUES (?, ?)", rows)
     except BaseException:
@@ -205,8 +211,9 @@ def _write(
     con.execute("COMMIT")
 
 
-def _loads(blob: bytes) -> DirEntries | None:
-    """Decode one row; None when it is not what this module writes."""
+def decode_row(blob: bytes) -> DirEntries | None:
+    """Decode one row of :meth:`HashCache.load_rows`; None when it is not what this module
+    writes."""
     try:
         value = marshal.loads(blob)
     except (EOFError, ValueError, TypeError):

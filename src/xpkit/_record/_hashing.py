@@ -15,10 +15,9 @@ and threads make many small files slower. Big files are streamed in 4 MiB reads.
 from __future__ import annotations
 
 import errno
-import fnmatch
+import functools
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,8 @@ from .._core._settings import Settings, load_settings
 from ..errors import DataError
 from . import _hashworker
 from ._hashcache import DirEntries, HashCache, default_cache_path
-from ._hashworker import Entry
+from ._hashwalk import Found, Globs, Walk
+from ._hashworker import Entry, StatChecker
 
 __all__ = ["HashRecord", "Progress", "hash_path"]
 
@@ -46,10 +46,13 @@ _log = logging.getLogger("xpkit.hashing")
 # clean" problem of git): its digest is used but not cached.
 _RACY_NS = 2_000_000_000
 _VANISHED = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
-_SHOWN_SKIPS = 5
+# Cached rows of ~40,000 files (~50 bytes each): below that, a stat checker process
+# (~25 ms to start) costs more than it saves.
+_CHECK_MIN_ROW_BYTES = 2_000_000
 
-_File = tuple[str, str, str, str]
-"""``(relpath, directory, name, path)`` of one regular file found by a walk."""
+
+_Listing = tuple[list[str], list[bytes]]
+"""A tree's file relpaths and their digests, in order (``bytes`` is a field name below)."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +60,26 @@ class HashRecord:
     """The hash of one file or directory tree.
 
     ``manifest`` maps each file's POSIX relpath to its ``"xxh3_128:<hex>"`` for a
-    directory (None for a file); ``cached_files`` counts files whose digest came from the
-    cache without reading them; ``skipped`` lists ``"relpath (reason)"`` of what was left out.
+    directory (None for a file), built on first use from ``listing`` (the relpaths and
+    digests, in order); ``cached_files`` counts files whose digest came from the cache
+    without reading them; ``skipped`` lists ``"relpath (reason)"`` of what was left out.
     """
 
     path: str
     hash: str
     files: int
     bytes: int
-    manifest: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    listing: _Listing | None = field(default=None, repr=False, compare=False)
     cached_files: int = field(default=0, compare=False)
     skipped: tuple[str, ...] = field(default=(), compare=False)
+
+    @functools.cached_property
+    def manifest(self) -> dict[str, str] | None:
+        """Each file's relpath -> ``"xxh3_128:<hex>"``, for a directory; None for a file."""
+        if self.listing is None:
+            return None
+        relpaths, digests = self.listing
+        return {r: PREFIX + d.hex() for r, d in zip(relpaths, digests, strict=True)}
 
     def to_lock(self) -> dict[str, Any]:
         """The run.lock entry: ``path``, ``hash``, ``files``, ``bytes``."""
@@ -148,10 +160,25 @@ def hash_one(
         if stat.S_ISREG(mode):
             return _hash_file(shown, full, cache, log)
         if stat.S_ISDIR(mode):
-            walk = _Walk(full, _Globs.build(include), _Globs.build(exclude), log)
+            rows = cache.load_rows(full)
+            walk = Walk(
+                full,
+                include=Globs.build(include),
+                exclude=Globs.build(exclude),
+                rows=rows,
+                checker=_checker(rows, jobs),
+                log=log,
+            )
             return _hash_tree(shown, walk, cache, jobs=jobs, progress=progress)
     msg = f"data path is not a regular file or directory: {shown}"
     raise DataError(msg)
+
+
+def _checker(rows: dict[str, bytes], jobs: int) -> StatChecker | None:
+    """A second process to stat the files the cache knows, when there are many."""
+    if jobs < 2 or sum(map(len, rows.values())) < _CHECK_MIN_ROW_BYTES:
+        return None
+    return StatChecker()
 
 
 def cache_path_of(settings: Settings) -> Path:
@@ -190,7 +217,7 @@ class _NoCache(HashCache):
     def __init__(self) -> None:
         super().__init__(Path(os.devnull), log=_log)
 
-    def load(self, path: str, *, subtree: bool = True) -> dict[str, DirEntries]:
+    def load_rows(self, path: str, *, subtree: bool = True) -> dict[str, bytes]:
         return {}
 
     def store(
@@ -236,181 +263,40 @@ def _unreadable(shown: str, e: OSError) -> DataError:
     return DataError(f"cannot read data file {shown}: {e.strerror or e}")
 
 
-# --- walking a tree ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Globs:
-    """Compiled globs: ``paths`` match whole relpaths, ``names`` the last component."""
-
-    paths: re.Pattern[str] | None
-    names: re.Pattern[str] | None
-
-    @classmethod
-    def build(cls, globs: Sequence[str] | None) -> _Globs | None:
-        if globs is None:
-            return None
-        if isinstance(globs, str):
-            globs = [globs]
-        cleaned = [g.strip("/").removeprefix("./") for g in globs]
-        return cls(
-            _compile([g for g in cleaned if "/" in g]),
-            _compile([g for g in cleaned if "/" not in g]),
-        )
-
-    def match(self, relpath: str) -> bool:
-        if self.paths is not None and self.paths.match(relpath):
-            return True
-        return self.names is not None and self.names.match(relpath.rpartition("/")[2]) is not None
-
-
-def _compile(globs: list[str]) -> re.Pattern[str] | None:
-    return re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
-
-
-class _Walk:
-    """The regular files below one directory, found with ``os.scandir``."""
-
-    def __init__(
-        self, root: str, include: _Globs | None, exclude: _Globs | None, log: logging.Logger
-    ) -> None:
-        self.root = root
-        self.include = include
-        self.exclude = exclude
-        self.log = log
-        self.skipped: list[str] = []
-
-    @property
-    def filtered(self) -> bool:
-        """True when globs may have left files of a directory out."""
-        return self.include is not None or self.exclude is not None
-
-    def files(self) -> list[_File]:
-        """Every regular file (or link to one), sorted by relpath."""
-        found: list[_File] = []
-        unfiltered = not self.filtered
-        st = os.stat(self.root)
-        stack = [(self.root, "", frozenset({(st.st_dev, st.st_ino)}))]
-        while stack:
-            directory, prefix, ancestors = stack.pop()
-            for entry in self._scan(directory, prefix):
-                relpath = prefix + entry.name
-                try:
-                    if entry.is_file():
-                        if unfiltered or self._keeps(relpath):
-                            found.append((relpath, directory, entry.name, entry.path))
-                    elif entry.is_dir():
-                        self._enter(entry, relpath, ancestors, stack)
-                    else:
-                        self.skip(
-                            relpath,
-                            "broken symlink" if entry.is_symlink() else "not a regular file",
-                        )
-                except FileNotFoundError:
-                    self.skip(relpath, "vanished")
-        found.sort()
-        return found
-
-    def _scan(self, directory: str, prefix: str) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(directory) as it:
-                return list(it)
-        except (FileNotFoundError, NotADirectoryError):
-            self.skip(prefix.rstrip("/"), "vanished")
-        except OSError as e:
-            msg = f"cannot read data directory {directory}: {e.strerror or e}"
-            raise DataError(msg) from None
-        return []
-
-    def _enter(
-        self,
-        entry: os.DirEntry[str],
-        relpath: str,
-        ancestors: frozenset[tuple[int, int]],
-        stack: list[tuple[str, str, frozenset[tuple[int, int]]]],
-    ) -> None:
-        """Queue a subdirectory, unless excluded or a link back to an ancestor."""
-        if self.exclude is not None and self.exclude.match(relpath):
-            return
-        st = entry.stat()
-        key = (st.st_dev, st.st_ino)
-        if key in ancestors:
-            self.skip(relpath, "symlink loop")
-        else:
-            stack.append((entry.path, relpath + "/", ancestors | {key}))
-
-    def _keeps(self, relpath: str) -> bool:
-        if self.include is not None and not self.include.match(relpath):
-            return False
-        return self.exclude is None or not self.exclude.match(relpath)
-
-    def skip(self, relpath: str, reason: str) -> None:
-        """Leave ``relpath`` out of the hash, for ``reason``."""
-        self.skipped.append(f"{relpath} ({reason})")
-
-    def warn_skipped(self) -> None:
-        """One warning listing the first few skipped paths."""
-        if self.skipped:
-            shown = ", ".join(self.skipped[:_SHOWN_SKIPS])
-            more = len(self.skipped) - _SHOWN_SKIPS
-            tail = f" and {more} more" if more > 0 else ""
-            self.log.warning("hashing %s: skipped %s%s", self.root, shown, tail)
-
-
 # --- hashing a tree ------------------------------------------------------------------
+
+# Lines of the directory hash are built and hashed this many files at a time, so that the
+# text of a million relpaths is never held whole.
+_LINES_PER_UPDATE = 1 << 16
 
 
 def _hash_tree(
-    shown: str, walk: _Walk, cache: HashCache, *, jobs: int, progress: Progress | None
+    shown: str, walk: Walk, cache: HashCache, *, jobs: int, progress: Progress | None
 ) -> HashRecord:
     """Hash every file found by ``walk``, reading only those the cache cannot vouch for."""
     now_ns = time.time_ns()
-    files = walk.files()
-    known = cache.load(walk.root)
-    entries, misses = _lookup(files, known, walk)
+    rows_below = list(walk.rows)  # the walk consumes the rows it visits
+    found = walk.run()
+    total = len(found.relpaths)
+    hits = total - len(found.misses)
     if progress is not None:
-        progress(len(files) - len(misses), len(files))
+        progress(hits, total)
     fresh = _hashworker.read_many(
-        [files[i][3] for i in misses],
+        [os.path.join(d, n) for _, d, n in found.misses],
         jobs=jobs,
-        progress=_offset(progress, len(files) - len(misses), len(files)),
+        progress=_offset(progress, hits, total),
     )
-    for i, result in zip(misses, fresh, strict=True):
+    for (i, _, _), result in zip(found.misses, fresh, strict=True):
         if isinstance(result, OSError):
             if result.errno not in _VANISHED:
-                raise _unreadable(files[i][3], result)
-            walk.skip(files[i][0], "vanished")
+                raise _unreadable(found.relpaths[i], result)
+            walk.skip(found.relpaths[i], "vanished")
         else:
-            entries[i] = result
+            found.entries[i] = result
     walk.warn_skipped()
-    hits = len(files) - len(misses)
-    if misses or walk.skipped or hits != sum(map(len, known.values())):
-        _update_cache(cache, files, entries, known, now_ns=now_ns, replace=not walk.filtered)
-    return _record(shown, files, entries, cached=hits, skipped=walk.skipped)
-
-
-def _lookup(
-    files: list[_File], known: dict[str, DirEntries], walk: _Walk
-) -> tuple[list[Entry | None], list[int]]:
-    """Cached entries of unchanged files, and the indices of the files to read."""
-    entries: list[Entry | None] = [None] * len(files)
-    misses: list[int] = []
-    empty: DirEntries = {}
-    for i, (relpath, directory, name, path) in enumerate(files):
-        entry = known.get(directory, empty).get(name)
-        if entry is None:
-            misses.append(i)
-            continue
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            walk.skip(relpath, "vanished")
-            continue
-        if _same(st, entry):
-            entries[i] = entry
-        else:
-            misses.append(i)
-    return entries, misses
+    if found.kept or found.misses or any(d not in found.seen for d in rows_below):
+        _update_cache(cache, found, rows_below, now_ns=now_ns, replace=not walk.filtered)
+    return _record(shown, found, cached=hits, skipped=walk.skipped)
 
 
 def _offset(progress: Progress | None, start: int, total: int) -> Callable[[int], None] | None:
@@ -420,56 +306,49 @@ def _offset(progress: Progress | None, start: int, total: int) -> Callable[[int]
     return lambda done: progress(start + done, total)
 
 
-def _record(
-    shown: str,
-    files: list[_File],
-    entries: list[Entry | None],
-    *,
-    cached: int,
-    skipped: list[str],
-) -> HashRecord:
-    """Assemble the directory hash and its manifest from the per-file entries."""
-    manifest: dict[str, str] = {}
-    lines: list[str] = []
-    total_bytes = 0
-    for file, entry in zip(files, entries, strict=True):
-        if entry is None:
-            continue
-        relpath = file[0]
-        hexdigest = entry[3].hex()
-        manifest[relpath] = PREFIX + hexdigest
-        lines.append(f"{relpath}\t{hexdigest}\n")
-        total_bytes += entry[0]
-    data = "".join(lines).encode("utf-8", "surrogateescape")
-    digest = PREFIX + xxhash.xxh3_128_hexdigest(data)
+def _record(shown: str, found: Found, *, cached: int, skipped: list[str]) -> HashRecord:
+    """Assemble the directory hash from the per-file entries, a slice at a time."""
+    relpaths, entries = found.relpaths, found.entries
+    if any(e is None for e in entries):  # vanished files
+        pairs = [(r, e) for r, e in zip(relpaths, entries, strict=True) if e is not None]
+        relpaths, entries = [r for r, _ in pairs], [e for _, e in pairs]
+    known: list[Entry] = entries  # type: ignore[assignment]  # no None left
+    h = xxhash.xxh3_128()
+    for start in range(0, len(known), _LINES_PER_UPDATE):
+        end = start + _LINES_PER_UPDATE
+        text = "".join(
+            [
+                f"{r}\t{e[3].hex()}\n"
+                for r, e in zip(relpaths[start:end], known[start:end], strict=True)
+            ]
+        )
+        h.update(text.encode("utf-8", "surrogateescape"))
     return HashRecord(
         shown,
-        digest,
-        len(manifest),
-        total_bytes,
-        manifest,
+        PREFIX + h.hexdigest(),
+        len(known),
+        sum(e[0] for e in known),
+        (relpaths, [e[3] for e in known]),
         cached_files=cached,
         skipped=tuple(skipped),
     )
 
 
 def _update_cache(
-    cache: HashCache,
-    files: list[_File],
-    entries: list[Entry | None],
-    known: dict[str, DirEntries],
-    *,
-    now_ns: int,
-    replace: bool,
+    cache: HashCache, found: Found, rows_below: list[str], *, now_ns: int, replace: bool
 ) -> None:
-    """Store the directories whose entries changed; forget those that are gone."""
-    dirs: dict[str, DirEntries] = {}
-    for (_, directory, name, _), entry in zip(files, entries, strict=True):
+    """Store the directories whose entries changed; forget those that are gone.
+
+    A filtered walk saw only some files of a directory: it adds what it read and removes
+    nothing (``merge``).
+    """
+    dirs: dict[str, DirEntries] = {} if not replace else dict(found.kept)
+    for i, directory, name in found.misses:
+        entry = found.entries[i]
         if entry is not None and now_ns - entry[1] >= _RACY_NS:
-            dirs.setdefault(directory, {})[name] = entry
-    if replace:
-        changed = {d: e for d, e in dirs.items() if known.get(d) != e}
-    else:
-        changed = {d: e for d, e in dirs.items() if e.items() - known.get(d, {}).items()}
-    gone = [d for d in known if d not in dirs] if replace else []
-    cache.store(changed, deletes=gone, merge=not replace)
+            if directory not in dirs:
+                dirs[directory] = dict(found.kept.get(directory, {})) if replace else {}
+            dirs[directory][name] = entry
+    gone = [d for d in rows_below if d not in found.seen] if replace else []
+    empty = [d for d, e in dirs.items() if not e]
+    cache.store({d: e for d, e in dirs.items() if e}, deletes=gone + empty, merge=not replace)

@@ -7,9 +7,16 @@ and without forking a process that may hold locks in other threads (as ``fork`` 
 Processes, not threads: for small files the per-file Python work holds the GIL, and
 threads make hashing 100,000 small files slower than one thread alone.
 
-Worker protocol: stdin carries absolute paths separated by NUL bytes; stdout carries one
-fixed-size :data:`RECORD` per path, in order: ``(digest, size, mtime_ns, inode, errno)``,
-with ``errno == 0`` on success and the digest empty otherwise.
+Two kinds of worker, chosen by the first argument:
+
+* ``--read``: stdin carries absolute paths separated by NUL bytes; stdout carries one
+  fixed-size :data:`RECORD` per path, in order: ``(digest, size, mtime_ns, inode, errno)``,
+  with ``errno == 0`` on success and the digest empty otherwise.
+* ``--check``: stdin carries frames (a 4-byte little-endian length, then a ``marshal``-ed
+  list of ``(directory, names, cached row)``); for each frame stdout carries one frame
+  listing, per directory, the names whose stat no longer matches the row. A walk of a
+  tree the cache knows hands its stats to such a worker, so that ``fstatat`` and the walk
+  itself run on two CPUs (:class:`StatChecker`).
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ import sys
 
 if __name__ == "__main__":
     # Run as a script with ``python -S``, skipping site-packages' .pth files (they can cost
-    # tens of ms): the parent passes its own sys.path, without the package directory.
-    sys.path[:] = sys.argv[1:]
+    # tens of ms): the parent passes the mode, then its own sys.path, without the package
+    # directory.
+    sys.path[:] = sys.argv[2:]
 
+import contextlib
+import marshal
 import os
 import struct
 from typing import TYPE_CHECKING
@@ -31,7 +41,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO, Any
 
-__all__ = ["CHUNK_BYTES", "RECORD", "Entry", "digest_file", "main", "read_many"]
+__all__ = [
+    "CHUNK_BYTES",
+    "RECORD",
+    "Entry",
+    "StatChecker",
+    "check_main",
+    "digest_file",
+    "main",
+    "read_many",
+]
 
 Entry = tuple[int, int, int, bytes]
 """``(size, mtime_ns, inode, digest)`` of one file."""
@@ -146,7 +165,7 @@ def _read_in_workers(
     counter = _Counter(progress)
     shares = [paths[k::workers] for k in range(workers)]
     outputs: list[list[Entry | OSError]] = [[] for _ in shares]
-    cmd = [sys.executable, "-S", os.path.abspath(__file__), *sys.path]
+    cmd = _command("--read")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in shares:
@@ -221,5 +240,137 @@ class _Counter:
                 self._progress(self._done)
 
 
+def _command(mode: str) -> list[str]:
+    return [sys.executable, "-S", os.path.abspath(__file__), mode, *sys.path]
+
+
+# --- checking stats against the cache in a second process ----------------------------
+
+_FRAME = struct.Struct("<I")
+_CHECK_FRAME_FILES = 4096
+
+
+def check_main() -> None:
+    """Answer each frame of ``(directory, names, row)`` with the names that changed."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while header := inp.read(_FRAME.size):
+        batch = marshal.loads(inp.read(_FRAME.unpack(header)[0]))
+        data = marshal.dumps([changed_names(*item) for item in batch])
+        out.write(_FRAME.pack(len(data)) + data)
+        out.flush()
+
+
+def changed_names(directory: str, names: list[str], row: bytes) -> list[str]:
+    """The ``names`` in ``directory`` whose size, mtime_ns or inode differ from ``row``
+    (a marshal-ed ``name -> entry`` dict), or that cannot be stat-ed."""
+    try:
+        cached = marshal.loads(row)
+        fd = os.open(directory, os.O_RDONLY)
+    except (OSError, EOFError, ValueError, TypeError):
+        return list(names)
+    changed = []
+    try:
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd)
+            except OSError:
+                changed.append(name)
+                continue
+            known = cached.get(name)
+            if (
+                known is None
+                or st.st_ino != known[2]
+                or st.st_mtime_ns != known[1]
+                or st.st_size != known[0]
+            ):
+                changed.append(name)
+    finally:
+        os.close(fd)
+    return changed
+
+
+class StatChecker:
+    """A ``--check`` worker fed while a walk goes on; :meth:`finish` gives what changed.
+
+    When the worker cannot be started or dies, :meth:`finish` checks what it was not told
+    here, so the answer is the same either way.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import threading
+
+        self._sent: list[tuple[str, list[str], bytes]] = []
+        self._pending: list[tuple[str, list[str], bytes]] = []
+        self._pending_files = 0
+        self._answers: list[list[str]] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._proc = subprocess.Popen(
+                _command("--check"), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        except OSError:
+            return
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def check(self, directory: str, names: list[str], row: bytes) -> None:
+        """Ask whether ``names`` in ``directory`` still match their cached ``row``."""
+        self._pending.append((directory, names, row))
+        self._pending_files += len(names)
+        if self._pending_files >= _CHECK_FRAME_FILES:
+            self._send()
+
+    def finish(self) -> dict[str, list[str]]:
+        """``{directory: changed names}`` for every directory asked about."""
+        self._send()
+        if self._proc is not None:
+            _close_quietly(self._proc.stdin)
+            self._reader.join()
+            _reap([self._proc])
+        answered = len(self._answers)
+        out = {d: changed for (d, _, _), changed in zip(self._sent, self._answers, strict=False)}
+        for directory, names, row in self._sent[answered:]:  # the worker died: check here
+            out[directory] = changed_names(directory, names, row)
+        return {d: changed for d, changed in out.items() if changed}
+
+    def close(self) -> None:
+        """Stop the worker without waiting for its answers."""
+        if self._proc is not None:
+            _reap([self._proc])
+            self._reader.join()
+            self._proc = None
+
+    def _send(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_files = self._pending, [], 0
+        self._sent += batch
+        if self._proc is None or self._proc.stdin is None:
+            return
+        data = marshal.dumps(batch)
+        try:
+            self._proc.stdin.write(_FRAME.pack(len(data)) + data)
+        except (BrokenPipeError, ValueError):
+            self._proc.stdin = None  # dead: finish() checks the rest here
+
+    def _read(self) -> None:
+        assert self._proc is not None
+        stdout = self._proc.stdout
+        assert stdout is not None
+        while len(header := stdout.read(_FRAME.size)) == _FRAME.size:
+            data = stdout.read(_FRAME.unpack(header)[0])
+            try:
+                self._answers += marshal.loads(data)
+            except (EOFError, ValueError, TypeError):
+                return
+
+
+def _close_quietly(pipe: IO[bytes] | None) -> None:
+    if pipe is not None:
+        with contextlib.suppress(OSError):  # a dead worker's pipe: nothing left to flush
+            pipe.close()
+
+
 if __name__ == "__main__":
-    main()
+    check_main() if sys.argv[1] == "--check" else main()

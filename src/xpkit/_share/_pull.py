@@ -177,7 +177,7 @@ def _plan(
 ) -> tuple[list[_RunPlan], list[_InputPlan]]:
     """Check everything the store says and decide what to do; writes nothing."""
     results = results_rel(settings)
-    manifests = _stored_lineage(st, _match(st, run))
+    manifests = _stored_lineage(st, match_run(st, run))
     runs = [_plan_run(st, settings, m, results=results) for m in manifests]
     inputs: list[_InputPlan] = []
     if data:
@@ -188,7 +188,13 @@ def _plan(
     return runs, inputs
 
 
-def _match(st: Store, prefix: str) -> str:
+def match_run(st: Store, prefix: str) -> str:
+    """The stored run whose id is ``prefix`` or the one id starting with it.
+
+    Raises:
+        RunNotFoundError: no stored run matches.
+        AmbiguousRunError: several do.
+    """
     ids = [i for i in st.children("runs") if _ID.fullmatch(i)]
     if prefix in ids:
         return prefix

@@ -25,6 +25,7 @@ __all__ = [
     "artifacts_root",
     "default_uri",
     "import_mlflow",
+    "mlflow_installed",
     "prepare_store",
     "project_lock",
     "tracking_enabled",
@@ -52,11 +53,12 @@ def tracking_enabled(settings: Settings | None = None) -> bool:
         on = env.strip().lower() not in _OFF
     else:
         on = (settings or load_settings()).tracking
-    return on and _mlflow_installed()
+    return on and mlflow_installed()
 
 
 @functools.cache
-def _mlflow_installed() -> bool:
+def mlflow_installed() -> bool:
+    """Whether mlflow can be imported (found without importing it)."""
     return importlib.util.find_spec("mlflow") is not None
 
 
