@@ -7,6 +7,7 @@ standard library nor installed packages are ever reloaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import site
 import sys
@@ -42,8 +43,25 @@ def enable_project_reload(shell: Any) -> None:
 def _before_cell(*_: Any) -> None:
     global _cell_started_s
     _remember_new_modules()
+    _drop_stale_bytecode()
     _reloader.check()
     _cell_started_s = time.time()
+
+
+def _drop_stale_bytecode() -> None:
+    """Remove the cached bytecode of each module about to be reloaded.
+
+    Python trusts a ``.pyc`` whose recorded source size and mtime (in whole seconds) match:
+    a module edited within the second it was imported, its size unchanged (``N = 1000`` ->
+    ``N = 2000``), would be reloaded from its old bytecode.
+    """
+    import importlib.util
+
+    for name, baseline in list(_reloader.modules_mtimes.items()):
+        file, mtime = _reloader.filename_and_mtime(sys.modules.get(name))
+        if file and mtime is not None and mtime > baseline:
+            with contextlib.suppress(OSError, ValueError, NotImplementedError):
+                os.remove(importlib.util.cache_from_source(file))
 
 
 def _after_cell(*_: Any) -> None:

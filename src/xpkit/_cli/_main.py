@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, func_name = target.split(":")
     command = getattr(importlib.import_module(f".{module_name}", __package__), func_name)
     try:
-        return int(command(args[1:]) or 0)
+        status = int(command(args[1:]) or 0)
+        sys.stdout.flush()  # a reader gone (`xp ls | head`) shows here, not at the exit
+        return status
     except XpkitError as e:
         print(f"xp {name}: error: {e}", file=sys.stderr)
         return 2
