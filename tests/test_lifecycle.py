@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,3 +445,73 @@ def test_a_stage_called_in_a_body_is_an_upstream_of_the_run(
     lock = module.outer.last.lock
     (key,) = lock.upstream
     assert lock.upstream[key]["id"] == module.inner.last.id
+
+
+GATED = """
+import time
+from dataclasses import dataclass
+from pathlib import Path
+import xpkit as xp
+
+@dataclass
+class Config:
+    x: int = 0
+
+@xp.stage
+def main(cfg: Config):
+    if cfg.x >= 3:  # tasks 3, 4, 5 wait for the gate: the map is caught half done
+        while not Path("gate").exists():
+            time.sleep(0.05)
+    return cfg.x
+
+if __name__ == "__main__":
+    xp.run(main)
+"""
+
+
+def _views(project: Path, run: Path) -> tuple[str, str, str]:
+    """The status and done count of a map as ``xp ls``, ``xp show`` and ``xp tasks`` say."""
+    listed = json.loads(xp(project, "ls", "--format", "json").stdout)
+    (row,) = [r for r in listed if r["dir"].endswith(run.name)]
+    shown = xp(project, "show", str(run)).stdout
+    tasks = xp(project, "tasks", str(run)).stdout
+    status_in_show = shown.splitlines()[0].split()[-1]
+    done_in_show = shown.split("done ")[1].split(",")[0]
+    status_in_tasks = tasks.splitlines()[0].rsplit(", ", 1)[1].rstrip(")")
+    done_in_tasks = tasks.split(" done")[0].rsplit("· ", 1)[1]
+    assert row["status"] == status_in_show == status_in_tasks, (listed, shown, tasks)
+    assert done_in_show == done_in_tasks, (shown, tasks)
+    return row["status"], done_in_show, tasks
+
+
+def test_ls_show_and_tasks_agree_on_a_live_a_dead_and_a_resumed_map(tmp_path: Path) -> None:
+    """Half done and running, then killed, then resumed: ``xp ls``, ``xp show`` and ``xp
+    tasks`` give the same status and the same count of done tasks at every step."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "gated.py").write_text(GATED)
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps({"x": i}) + "\n" for i in range(6)))
+    proc = subprocess.Popen(
+        [sys.executable, "gated.py", "--tasks", "tasks.jsonl"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stage_dir = tmp_path / "results" / "gated"
+        while not list(stage_dir.glob("*/tasks/done/*.jsonl")) or _done(stage_dir) < 3:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        (run,) = [p for p in stage_dir.iterdir() if not p.is_symlink()]
+        assert _views(tmp_path, run)[:2] == ("running", "3")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _views(tmp_path, run)[:2] == ("interrupted", "3")
+    (tmp_path / "gate").touch()
+    assert python(tmp_path, "gated.py", "--resume", str(run)).returncode == 0
+    assert _views(tmp_path, run)[:2] == ("completed", "6")
+
+
+def _done(stage_dir: Path) -> int:
+    return sum(f.read_text().count('"ok"') for f in stage_dir.glob("*/tasks/done/*.jsonl"))

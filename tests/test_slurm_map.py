@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SRC, ok_counts
+from helpers import SRC, ok_counts, xp
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the session fixture
+from xpkit import Run
 from xpkit._core._lock import load_lock
 from xpkit._core._paths import RunPaths
 from xpkit._parallel._slurm import max_array_size
@@ -128,6 +129,9 @@ def test_array_chunked_map_returns_at_once_and_finishes_in_one_run(project: Path
     assert lock.tasks is not None
     assert lock.tasks["mode"] == "array"
     assert len(lock.tasks["jobs"]) == 4
+    # the submitting process is gone, its jobs run the map: xp ls and xp show say running
+    assert Run(run).status == "running"
+    assert "running" in xp(project, "show", str(run)).stdout.splitlines()[0]
     gate.touch()
     waited = wait_tasks(project, run, 180)
     assert waited.returncode == 0, waited.stdout + waited.stderr

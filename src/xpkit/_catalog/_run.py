@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .._core._env import hostname, pid_alive
 from .._core._lock import RunLock, load_lock
 from .._core._paths import RunPaths, is_write_temp
+from ..errors import TaskError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -85,9 +86,28 @@ class Run:
         is reported ``interrupted``.
         """
         lock = self._brief
-        if lock.status == "running" and process_alive(lock) is False:
+        if lock.status == "running" and not _detached(lock) and process_alive(lock) is False:
             return "interrupted"
         return lock.status
+
+    def task_counts(self) -> dict[str, int] | None:
+        """``{total, done, failed}`` of a mapped run (None for a run that is no map).
+
+        While the map runs (or after it died), counted from its done records: run.lock's
+        counts are those of its last write, which workers leave to the run's end.
+        """
+        tasks = self._brief.tasks
+        if not isinstance(tasks, Mapping) or "total" not in tasks:
+            return None
+        recorded = {k: int(tasks.get(k) or 0) for k in ("total", "done", "failed")}
+        if self._brief.status != "running":
+            return recorded
+        from ._taskstate import scan_done
+
+        try:
+            return scan_done(self.paths, recorded["total"]).counts()
+        except TaskError:
+            return recorded
 
     @property
     def started(self) -> dt.datetime | None:
@@ -230,6 +250,13 @@ def _datetime(value: Any) -> dt.datetime | None:
         except ValueError:
             return None
     return None
+
+
+def _detached(lock: RunLock) -> bool:
+    """A map handed to Slurm: its submitting process exits at once, its jobs run it (and
+    the last of them, or ``xp tasks --wait``, ends it)."""
+    tasks = lock.tasks
+    return isinstance(tasks, Mapping) and bool(tasks.get("jobs"))
 
 
 def process_alive(lock: RunLock) -> bool | None:

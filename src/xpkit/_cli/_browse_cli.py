@@ -367,8 +367,19 @@ def _summary(run: Run) -> list[tuple[str, str]]:
     rows.append(("code", _code_line(lock.src)))
     rows += _reuse_rows(run)
     if lock.tasks:
-        rows.append(("tasks", ", ".join(f"{k} {v}" for k, v in lock.tasks.items())))
+        rows.append(("tasks", _tasks_line(lock.tasks, run.task_counts())))
     return rows
+
+
+def _tasks_line(tasks: Mapping[str, Any], counts: Mapping[str, int] | None) -> str:
+    """A map's ``tasks``: counts as ``xp tasks`` has them (from the records while it runs),
+    its Slurm jobs as Slurm writes ranges (``683_[0-999]``), not one id each."""
+    from .._parallel._jobs import job_ranges
+
+    shown = {**tasks, **(counts or {})}
+    if isinstance(shown.get("jobs"), list):
+        shown["jobs"] = job_ranges([str(j) for j in shown["jobs"]])
+    return ", ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _reuse_rows(run: Run) -> list[tuple[str, str]]:

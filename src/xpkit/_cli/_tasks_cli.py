@@ -7,7 +7,7 @@ import collections
 import time
 from typing import Any
 
-from .._catalog._run import process_alive
+from .._catalog._run import Run, process_alive
 from .._catalog._runs import resolve_run
 from .._core._lock import RunLock
 from .._core._paths import RunPaths
@@ -49,8 +49,9 @@ def main(argv: list[str]) -> int:
             break
         print(_progress_line(state), flush=True)
         time.sleep(options.interval)
-    print(_report(paths, lock, state, states, failed=options.failed))
-    return 0 if lock.status in ("completed", "running") else 1
+    status = Run(paths.dir).status  # as xp ls and xp show have it (a dead process: interrupted)
+    print(_report(paths, lock, status, state, states, failed=options.failed))
+    return 0 if status in ("completed", "running") else 1
 
 
 def _job_states(lock: RunLock) -> dict[str, str]:
@@ -94,6 +95,7 @@ def _progress_line(state: _tasks.TaskState) -> str:
 def _report(
     paths: RunPaths,
     lock: RunLock,
+    status: str,
     state: _tasks.TaskState,
     states: dict[str, str],
     *,
@@ -102,7 +104,7 @@ def _report(
     info: dict[str, Any] = dict(lock.tasks or {})
     mode = f" {info['mode']}" if info.get("mode") else ""
     lines = [
-        f"run    {lock.dir}  (id {lock.id}, {info.get('backend', '?')}{mode}, {lock.status})",
+        f"run    {lock.dir}  (id {lock.id}, {info.get('backend', '?')}{mode}, {status})",
         _progress_line(state),
     ]
     if state.first_time is not None and state.last_time is not None:
