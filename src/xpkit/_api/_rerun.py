@@ -37,7 +37,7 @@ from typing import Any
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run
 from .._core._lock import RunLock, load_lock
-from .._core._paths import PACKAGE_DIR, display_path
+from .._core._paths import PACKAGE_DIR, RunPaths, display_path
 from .._core._settings import Settings, load_settings
 from .._execute._reuse import Now
 from .._record._codetree import CodeTree, code_tree
@@ -233,7 +233,7 @@ def _moved_upstream(run: Run, lock: RunLock, settings: Settings) -> dict[str, st
 
 def _id_at(path: Path) -> str | None:
     try:
-        return load_lock(path / "run.lock").id
+        return load_lock(RunPaths(path).lock).id
     except Exception:
         return None
 

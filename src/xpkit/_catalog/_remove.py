@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._core._paths import point_latest
+from .._core._paths import LOCK, RunPaths, latest_link, point_latest
 from .._core._settings import Settings
 from ..errors import RunDirError
 from ._run import Run
@@ -80,7 +80,7 @@ def dependents(targets: Iterable[Run], *, settings: Settings) -> list[Dependent]
     for run_dir in find_run_dirs(None, settings=settings):
         if os.path.realpath(run_dir) in gone:
             continue
-        for run_id in upstream_ids(os.path.join(run_dir, "run.lock")) & by_id.keys():
+        for run_id in upstream_ids(os.path.join(run_dir, LOCK)) & by_id.keys():
             found.append(Dependent(by_id[run_id], run_dir))
     return found
 
@@ -115,13 +115,13 @@ def delete_runs(targets: Iterable[Run], *, settings: Settings) -> list[Path]:
 
 def relink_latest(stage_dir: Path, *, settings: Settings) -> None:
     """Point ``stage_dir/latest`` at the newest run left there, or remove a dangling link."""
-    link = stage_dir / "latest"
+    link = latest_link(stage_dir)
     if not link.is_symlink() or link.exists():
         return
     left = [
         str(p)
         for p in (stage_dir.iterdir() if stage_dir.is_dir() else ())
-        if not p.is_symlink() and (p / "run.lock").is_file()
+        if not p.is_symlink() and RunPaths(p).lock.is_file()
     ]
     dated = [(r.started, r) for r in Runs.load(left, settings=settings) if r.started is not None]
     if dated:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core._env import hostname, pid_alive
 from .._core._lock import RunLock, load_lock
-from .._core._paths import RunPaths, is_write_temp
+from .._core._paths import LATEST, RunPaths, is_write_temp
 from ..errors import TaskError
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class Run:
 def _run_dir(path: str | os.PathLike[str]) -> Path:
     """The absolute run directory; a ``latest`` link is followed one step, lexically."""
     p = Path(os.path.abspath(path))
-    if p.name == "latest" and p.is_symlink():
+    if p.name == LATEST and p.is_symlink():
         p = Path(os.path.abspath(p.parent / os.readlink(p)))
     return p
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from .._core._config import flatten
+from .._core._paths import LATEST, LOCK, RunPaths, latest_link
 from .._core._settings import Settings, load_settings
 from ..errors import (
     AmbiguousRunError,
@@ -102,7 +103,7 @@ def find_run_dirs(
     found: list[str] = []
     seen: set[str] = set()
     for top in tops:
-        if os.path.isfile(os.path.join(top, "run.lock")):
+        if os.path.isfile(os.path.join(top, LOCK)):
             _add(top, found, seen)
         else:
             _walk(top, found, seen)
@@ -139,10 +140,10 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
     real = real or os.path.realpath(top)
     subdirs: list[tuple[str, str]] = []
     for entry in entries:
-        if entry.name == "run.lock" and entry.is_file():
+        if entry.name == LOCK and entry.is_file():
             _add(top, found, seen, real)
             return  # never walk the inside of a run directory
-        if entry.name.startswith(".") or (entry.name == "latest" and entry.is_symlink()):
+        if entry.name.startswith(".") or (entry.name == LATEST and entry.is_symlink()):
             continue
         if entry.name in _NOT_RUNS:
             continue
@@ -156,7 +157,7 @@ def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -
         return  # a symlink loop
     seen.add(real)
     for sub, sub_real in subdirs:
-        if os.path.isfile(os.path.join(sub, "run.lock")):
+        if os.path.isfile(os.path.join(sub, LOCK)):
             _add(sub, found, seen, sub_real)  # a run: one stat, no listing of its files
         else:
             _walk(sub, found, seen, sub_real)
@@ -187,7 +188,7 @@ class Runs(Sequence[Run]):
         skipped: list[str] = []
         for run_dir in run_dirs:
             try:
-                head = index.head(os.path.join(run_dir, "run.lock"))
+                head = index.head(os.path.join(run_dir, LOCK))
             except LockError as e:
                 skipped.append(str(e))
                 continue
@@ -384,9 +385,9 @@ def resolve_run(spec: PathLike | Run, *, settings: Settings | None = None) -> Ru
         msg = "empty run: give a run directory or a run id prefix"
         raise RunNotFoundError(msg)
     for candidate in dict.fromkeys((Path(text), settings.resolve(text))):
-        if candidate.name == "run.lock" and candidate.is_file():
+        if candidate.name == LOCK and candidate.is_file():
             candidate = candidate.parent
-        if (candidate / "run.lock").is_file():
+        if RunPaths(candidate).lock.is_file():
             return Run(candidate)
         if candidate.exists():
             msg = f"{text}: not a run directory (it has no run.lock)"
@@ -415,7 +416,7 @@ def _runs_of(spec: PathLike | Run, settings: Settings) -> list[Run]:
         return [spec]
     text = os.fspath(spec)
     for candidate in dict.fromkeys((Path(text), settings.resolve(text))) if text else ():
-        if candidate.is_dir() and not (candidate / "run.lock").is_file():
+        if candidate.is_dir() and not RunPaths(candidate).lock.is_file():
             dirs = find_run_dirs(candidate, settings=settings)
             if not dirs:
                 msg = f"no run directory (with a run.lock) at or below {text}"
@@ -430,7 +431,7 @@ def _by_id(prefix: str, settings: Settings) -> Run:
         index = _index(settings)
         for run_dir in find_run_dirs(None, settings=settings):
             try:
-                head = index.head(os.path.join(run_dir, "run.lock"))
+                head = index.head(os.path.join(run_dir, LOCK))
             except LockError:
                 continue
             if head.id == prefix:
@@ -448,8 +449,8 @@ def _by_id(prefix: str, settings: Settings) -> Run:
             "give more characters"
         )
         raise AmbiguousRunError(msg)
-    latest = settings.results_path / prefix / "latest"
-    if "/" not in prefix and (latest / "run.lock").is_file():
+    latest = latest_link(settings.results_path / prefix)
+    if "/" not in prefix and RunPaths(latest).lock.is_file():
         return Run(latest)
     msg = (
         f"no run matches {prefix!r}: not a run directory, nor a run id prefix or stage name "

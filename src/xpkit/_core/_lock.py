@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LockError
-from ._paths import atomic_write_text
+from ._paths import LOCK, atomic_write_text
 from ._schema import SCHEMA_VERSION, STATUSES, check_lock
 from ._yaml import YAMLError, dump_yaml, load_yaml, yaml_error_where
 
@@ -164,7 +164,7 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
     """
     p = Path(path)
     if p.is_dir():
-        p = p / "run.lock"
+        p = p / LOCK
     try:
         text = decode_lock(p.read_bytes(), p)
     except OSError as e:

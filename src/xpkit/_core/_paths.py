@@ -14,6 +14,11 @@ from pathlib import Path
 from ._env import hostname, pid_alive
 
 __all__ = [
+    "CONFIG",
+    "LATEST",
+    "LOCK",
+    "LOG",
+    "METRICS",
     "PACKAGE_DIR",
     "RunPaths",
     "atomic_path",
@@ -21,6 +26,7 @@ __all__ = [
     "atomic_write_text",
     "display_path",
     "is_write_temp",
+    "latest_link",
     "point_latest",
     "sweep_temps",
 ]
@@ -28,6 +34,14 @@ __all__ = [
 
 # xpkit's own directory: frames and modules below it are xpkit's, not the user's
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+LOCK = "run.lock"
+CONFIG = "config.yaml"
+LOG = "run.log"
+METRICS = "metrics.jsonl"
+LATEST = "latest"
+"""The names of a run directory's files, and of its stage's link to the newest run."""
 
 
 @dataclass(frozen=True)
@@ -39,22 +53,27 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         """``run.lock``: everything that made the run."""
-        return self.dir / "run.lock"
+        return self.dir / LOCK
 
     @property
     def config(self) -> Path:
         """``config.yaml``: the resolved config."""
-        return self.dir / "config.yaml"
+        return self.dir / CONFIG
 
     @property
     def log(self) -> Path:
         """``run.log``: the logger's records and the captured stdout/stderr."""
-        return self.dir / "run.log"
+        return self.dir / LOG
 
     @property
     def metrics(self) -> Path:
         """``metrics.jsonl``: one JSON object per ``log_metrics`` call."""
-        return self.dir / "metrics.jsonl"
+        return self.dir / METRICS
+
+    @property
+    def latest(self) -> Path:
+        """``<stage dir>/latest``: the link to the stage's newest run, beside this one."""
+        return latest_link(self.dir.parent)
 
     @property
     def xpkit_dir(self) -> Path:
@@ -227,6 +246,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def latest_link(stage_dir: Path) -> Path:
+    """The ``latest`` link of a stage's directory of runs."""
+    return stage_dir / LATEST
+
+
 def point_latest(run_dir: Path) -> None:
     """Point ``<run_dir.parent>/latest`` at ``run_dir.name``, atomically (a relative link).
 
@@ -236,7 +260,7 @@ def point_latest(run_dir: Path) -> None:
     tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident():x}.{run_dir.name}"
     try:
         os.symlink(run_dir.name, tmp)
-        os.replace(tmp, run_dir.parent / "latest")
+        os.replace(tmp, latest_link(run_dir.parent))
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

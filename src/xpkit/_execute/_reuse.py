@@ -34,7 +34,7 @@ from .._catalog._run import Run
 from .._catalog._runindex import RunIndex
 from .._core import _config
 from .._core._lock import RunLock, load_lock
-from .._core._paths import display_path, point_latest
+from .._core._paths import LOCK, RunPaths, display_path, point_latest
 from .._record._git import run_git
 from .._record._hashing import cache_path_of, hash_one, jobs_of
 from ..errors import GitError, LockError, NotInRunError, XpkitError
@@ -112,7 +112,7 @@ def _locks_in(place: str) -> list[str]:
     except OSError:
         return []
     return [
-        os.path.join(e.path, "run.lock")
+        os.path.join(e.path, LOCK)
         for e in entries
         if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
     ]
@@ -139,7 +139,7 @@ def _same_inputs(plan: RunPlan, head: RunLock, now: Now, run_dir: Path) -> bool:
     if _changed(head.to_dict(), now, depth=0, upstream=False):
         return False
     try:
-        lock = load_lock(run_dir / "run.lock")
+        lock = load_lock(RunPaths(run_dir).lock)
     except LockError:
         return False
     upstream = (lock.upstream or {}).items()
@@ -177,7 +177,7 @@ def plan_id(settings: Settings, value: Any) -> str | None:
     if not isinstance(value, (str, os.PathLike)):
         return None
     with contextlib.suppress(XpkitError, OSError):
-        return load_lock(settings.resolve(value) / "run.lock").id
+        return load_lock(RunPaths(settings.resolve(value)).lock).id
     return None
 
 

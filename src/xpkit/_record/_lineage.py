@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._catalog._run import Run
 from .._catalog._runindex import read_head
 from .._catalog._runs import resolve_run
-from .._core._paths import display_path
+from .._core._paths import RunPaths, display_path
 from ..errors import LockError, RunNotFoundError, UpstreamError
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def _walk(
 
 def _difference(recorded: Mapping[str, Any], run_dir: Path) -> str:
     try:
-        current = read_head(run_dir / "run.lock")
+        current = read_head(RunPaths(run_dir).lock)
     except LockError:
         return "its run.lock is missing or unreadable"
     if current.id != recorded.get("id"):

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import xxhash
 
+from .._core._paths import CONFIG, LOCK, LOG, METRICS
 from ._hashing import PREFIX, hash_one
 
 __all__ = ["EXCLUDED", "Comparison", "compare_outputs"]
 
-EXCLUDED = ("run.lock", "config.yaml", "run.log", "tasks/", ".xpkit/")
+EXCLUDED = (LOCK, CONFIG, LOG, "tasks/", ".xpkit/")
 """What ``--verify`` leaves out (a trailing ``/``: a whole directory)."""
 
 _KEPT = frozenset({".xpkit/result.json"})
-_METRICS = "metrics.jsonl"
+_METRICS = METRICS
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import xxhash
 import yaml
 
 from .._core._lock import RunLock, load_lock
-from .._core._paths import point_latest
+from .._core._paths import LOCK, RunPaths, latest_link, point_latest
 from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
 from .._core._yaml import load_yaml
@@ -299,7 +299,7 @@ def _plan_run(
     if target is None:
         return _RunPlan(manifest, lock, stage, name, "fetch")
     try:
-        local_id = load_lock(target / "run.lock").id
+        local_id = load_lock(RunPaths(target).lock).id
     except LockError:
         local_id = None
     if local_id != run_id:
@@ -329,13 +329,13 @@ def _existing(settings: Settings, stage: str, name: str) -> Path | None:
 
 def _stored_lock(st: Store, manifest: Mapping[str, Any]) -> RunLock:
     run_id = str(manifest["id"])
-    if "hash" not in manifest["files"].get("run.lock", {}):
+    if "hash" not in manifest["files"].get(LOCK, {}):
         msg = f"run {run_id} in store {st.url} has no run.lock"
         raise StoreError(msg)
     data = st.read_bytes(run_key(run_id, "files/run.lock"))
     if (
         data is None
-        or f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}" != manifest["files"]["run.lock"]["hash"]
+        or f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}" != manifest["files"][LOCK]["hash"]
     ):
         msg = f"run.lock of run {run_id} in store {st.url} is missing or does not match its hash"
         raise StoreError(msg)
@@ -715,19 +715,19 @@ def _set_latest(settings: Settings, runs: Sequence[_RunPlan], report: PullReport
         try:
             point_latest(stage_dir / plan.name)
         except OSError as e:
-            report.warnings.append(f"{stage_dir / 'latest'} not set: {e.strerror or e}")
+            report.warnings.append(f"{latest_link(stage_dir)} not set: {e.strerror or e}")
             continue
-        done.append(f"{settings.relative(stage_dir / 'latest')} -> {plan.name}")
+        done.append(f"{settings.relative(latest_link(stage_dir))} -> {plan.name}")
     return done
 
 
 def _latest_started(stage_dir: Path) -> float | None:
     """When the run ``latest`` names started (None: no link, or it names nothing readable)."""
-    link = stage_dir / "latest"
+    link = latest_link(stage_dir)
     if not link.is_symlink() and not link.exists():
         return None
     try:
-        return _when(load_lock(link / "run.lock").started)
+        return _when(load_lock(RunPaths(link).lock).started)
     except LockError:
         return None
 

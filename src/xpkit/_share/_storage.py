@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
+from .._core._paths import LATEST
 from .._core._settings import Settings
 from .._core._threads import leave_signals_to_main
 from ..errors import StoreError, UnsafePathError, missing_extra
@@ -125,7 +126,7 @@ def run_dir(rel: Any, *, stage: Any, results: str, what: str) -> tuple[str, str]
         parent == results
         and stage_dir == stage
         and all(_NAME.fullmatch(n) and len(n) <= 255 for n in (stage_dir, tail))
-        and tail != "latest"
+        and tail != LATEST
     )
     if not ok:
         msg = (

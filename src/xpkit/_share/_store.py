@@ -42,7 +42,7 @@ import xxhash
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run, resolve_runs
 from .._core._lock import load_lock
-from .._core._paths import is_write_temp
+from .._core._paths import LOCK, RunPaths, is_write_temp
 from .._core._progress import ProgressBar
 from .._core._settings import Settings, load_settings
 from ..errors import DataError, LockError, RunNotFoundError, StoreError, UnsafePathError
@@ -253,7 +253,7 @@ def _locate(run_id: str, rel: str, settings: Settings) -> Path | None:
     """The run directory of ``run_id``: at its recorded ``dir``, else found by id."""
     path = settings.root / rel
     with contextlib.suppress(LockError):
-        if load_lock(path / "run.lock").id == run_id:
+        if load_lock(RunPaths(path).lock).id == run_id:
             return path
     try:
         run = resolve_run(run_id, settings=settings)
@@ -275,7 +275,7 @@ def _scan(run: _LocalRun) -> dict[str, Entry]:
     entries = scan_dir(top, what=what)
     for rel in entries:
         safe_relpath(rel, what=what)
-    if "run.lock" not in entries:
+    if LOCK not in entries:
         msg = f"{what} has no run.lock"
         raise StoreError(msg)
     files = [rel for rel, e in entries.items() if "size" in e]
