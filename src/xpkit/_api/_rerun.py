@@ -42,6 +42,7 @@ from .._core._settings import Settings, load_settings
 from .._execute._reuse import Now
 from .._record._codetree import CodeTree, code_tree
 from .._record._git import Snapshot
+from .._record._source import section_snapshot
 from .._record._verify import Comparison, compare_outputs
 from ..errors import (
     InputChangedError,
@@ -158,19 +159,11 @@ def _full_lock(run: Run) -> RunLock:
 
 
 def _tree(run: Run, lock: RunLock, settings: Settings) -> CodeTree:
-    src = lock.src or {}
-    commit = src.get("commit")
-    if not isinstance(commit, str) or not commit:
-        why = src.get("error") or "it ran without one (src=False or --no-src)"
+    snap = section_snapshot(lock.src)
+    if snap is None:
+        why = (lock.src or {}).get("error") or "it ran without one (src=False or --no-src)"
         msg = f"run {lock.id} recorded no code snapshot to rerun from: {why}"
         raise RerunError(msg)
-    snap = Snapshot(
-        commit=commit,
-        head=src.get("head"),
-        branch=src.get("branch"),
-        dirty=bool(src.get("dirty")),
-        remote=src.get("remote"),
-    )
     return code_tree(settings.root, snap)
 
 

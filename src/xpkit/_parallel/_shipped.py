@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._record._git import Snapshot, snapshot
 from .._record._plan import StageInfo
+from .._record._source import section_snapshot
 from ..errors import GitError, StageImportError, missing_extra
 
 if TYPE_CHECKING:
@@ -119,17 +120,8 @@ def tree_of_section(
 ) -> CodeTree | None:
     """The code tree of a run's ``src`` section, or None (no snapshot, or no tree: a
     warning) so that workers import the live tree."""
-    commit = src.get("commit") if isinstance(src, Mapping) else None
-    if not isinstance(src, Mapping) or not isinstance(commit, str) or not commit:
-        return None
-    snap = Snapshot(
-        commit=commit,
-        head=src.get("head"),
-        branch=src.get("branch"),
-        dirty=bool(src.get("dirty")),
-        remote=src.get("remote"),
-    )
-    return _tree(settings, snap, log)
+    snap = section_snapshot(src)
+    return None if snap is None else _tree(settings, snap, log)
 
 
 def snapshot_tree(

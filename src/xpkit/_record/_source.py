@@ -130,6 +130,21 @@ def snapshot_section(snap: Snapshot, files: Mapping[str, str]) -> dict[str, Any]
     return section
 
 
+def section_snapshot(src: Mapping[str, Any] | None) -> Snapshot | None:
+    """The snapshot a run.lock ``src`` section records (the inverse of
+    :func:`snapshot_section`), or None when it records no commit."""
+    commit = src.get("commit") if isinstance(src, Mapping) else None
+    if not isinstance(src, Mapping) or not isinstance(commit, str) or not commit:
+        return None
+    return Snapshot(
+        commit=commit,
+        head=src.get("head"),
+        branch=src.get("branch"),
+        dirty=bool(src.get("dirty")),
+        remote=src.get("remote"),
+    )
+
+
 def source_files(root: StrPath, *, results_dir: str = "results") -> list[Path]:
     """The project's own imported modules: ``sys.modules`` files inside ``root``.
 

@@ -32,7 +32,7 @@ import xxhash
 
 from .._record._git import git_succeeds, git_text, run_git
 from ..errors import GitError, StoreError
-from ._storage import Store
+from ._storage import Store, copy_hashing
 
 __all__ = ["COMMIT", "CodeReport", "check_code", "has_git", "pull_code", "push_code", "run_ref"]
 
@@ -325,16 +325,13 @@ class _Fetcher:
         self.report.fetched.append(bundle.name)
 
     def _download(self, bundle: _Bundle, path: Path) -> None:
-        h = xxhash.xxh3_128()
         try:
             with self.store.open_read(f"{_CODE}/{bundle.file}") as src, path.open("xb") as dst:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    dst.write(chunk)
+                digest = copy_hashing(src, dst)
         except FileNotFoundError:
             msg = f"code bundle {bundle.name} in store {self.store.url} has no file {bundle.file}"
             raise StoreError(msg) from None
-        if bundle.hash is not None and f"xxh3_128:{h.hexdigest()}" != bundle.hash:
+        if bundle.hash is not None and digest != bundle.hash:
             msg = f"code bundle {bundle.file} in store {self.store.url} does not match its hash"
             raise StoreError(msg)
 

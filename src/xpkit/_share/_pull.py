@@ -47,7 +47,7 @@ from ..errors import (
 from ._bundles import COMMIT, CodeReport, check_code, has_git, pull_code
 from ._inputs import DATA, CurrentHashes, InputFile, expand, not_ignored, restorable
 from ._nofollow import create_file, make_dirs, open_dir, remove_created
-from ._storage import Store, open_store, parallel, results_rel, run_dir, safe_relpath
+from ._storage import Store, copy_hashing, open_store, parallel, results_rel, run_dir, safe_relpath
 from ._store import _ID, Entry, digests, marker, run_key, scan_dir, upstream_locks
 
 __all__ = ["PullReport", "pull"]
@@ -533,16 +533,12 @@ class _Staging:
 
     def _copy(self, key: str, top: Path, rel: str, *, what: str) -> str:
         """Download ``key`` to the new file ``top/rel``, hashing it on the way."""
-        h = xxhash.xxh3_128()
         try:
             with self.st.open_read(key) as src, create_file(top, rel, created=[]) as dst:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    dst.write(chunk)
+                return copy_hashing(src, dst)
         except FileNotFoundError:
             msg = f"{what} is missing from store {self.st.url}; push it again"
             raise StoreError(msg) from None
-        return f"xxh3_128:{h.hexdigest()}"
 
     def _linked_files(self, plan: _RunPlan) -> Path:
         """The run's files in the store, checked: only what the manifest lists, no links."""

@@ -195,7 +195,8 @@ class Store(Protocol):
         """Remove temporary objects that killed writers left (and only those that old)."""
 
 
-def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
+def copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
+    """Copy ``src`` to ``dst`` in chunks; the ``xxh3_128:<hex>`` of what was copied."""
     h = xxhash.xxh3_128()
     while chunk := src.read(_CHUNK_BYTES):
         h.update(chunk)
@@ -250,7 +251,7 @@ class LocalStore:
             self._writing(key, keep=lambda: expect in (None, digest)) as dst,
             local.open("rb") as src,
         ):
-            digest = _copy_hashing(src, dst)
+            digest = copy_hashing(src, dst)
         return digest
 
     @contextlib.contextmanager
@@ -354,7 +355,7 @@ class FsspecStore:
         def send(path: str) -> None:
             nonlocal digest
             with local.open("rb") as src, self.fs.open(path, "wb") as dst:
-                digest = _copy_hashing(src, dst)
+                digest = copy_hashing(src, dst)
 
         self._publish(key, send, keep=lambda: expect in (None, digest))
         return digest
