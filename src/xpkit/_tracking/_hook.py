@@ -1,12 +1,12 @@
 """The run hook that mirrors runs into MLflow while they run (when tracking is on).
 
-Light on purpose: it decides whether a run is tracked from the settings alone and imports
-the syncing machinery (``_mlflow_live``, then mlflow itself, later and lazily) only then.
+Light on purpose: it decides whether a run is tracked from the settings and
+``XPKIT_TRACKING`` alone, and imports the syncing machinery (``_mlflow_live``, then mlflow
+itself, later and lazily) only for a tracked run.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,9 @@ class Tracking:
 
     def begin(self, run: ActiveRun) -> Callable[[], None] | None:
         """Start following ``run``; returns the call that ends it (None when tracking is off)."""
-        if not run.settings.tracking and "XPKIT_TRACKING" not in os.environ:
+        from ._store import tracking_enabled  # light: decides without importing mlflow
+
+        if not tracking_enabled(run.settings):
             return None
         from ._mlflow_live import begin_run
 
