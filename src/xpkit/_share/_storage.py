@@ -327,7 +327,8 @@ class FsspecStore:
         self.url = url
         self.fs = fs
         self.base = base.rstrip("/")
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        # a string, or a tuple (a list in old s3fs releases)
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         self._atomic_put = bool(_ATOMIC_PUT.intersection(protocols))
         self.local = False
         fs.invalidate_cache()
