@@ -75,7 +75,8 @@ def test_fresh_clone_pulls_train_with_its_inputs_and_runs_the_pipeline(
     pulled = xp(b, "pull", train_a.id[:8], "--store", store, "--data").stdout
     assert "inputs: 1 restored (7.8 KB), 0 linked, 0 already here" in pulled
     assert f"latest: results/train/latest -> {Path(train_a.dir).name}" in pulled
-    assert "re-run train: python train.py" in pulled
+    assert "re-run train: xp rerun " in pulled
+    assert "(today's code: python train.py" in pulled
     assert (b / "data" / "houses.csv").read_bytes() == (a / "data" / "houses.csv").read_bytes()
 
     script(b, "train.py")  # default upstream: results/prepare/latest, the pulled run

@@ -737,8 +737,10 @@ def _when(started: str) -> float:
 
 
 def _rerun_hint(plan: _RunPlan) -> str:
+    """How to run a pulled run again: exactly (``xp rerun``), or its command on today's code."""
     argv = list(plan.lock.argv)
     short = plan.id[:8]
     if argv and argv[0].endswith(".py") and not os.path.isabs(argv[0]):
-        return f"{plan.stage}: python {shlex.join(argv)}   (its exact code: xp checkout {short})"
-    return f"{plan.stage}: xp checkout {short}, then run its stage there"
+        today = f"python {shlex.join(argv)}"
+        return f"{plan.stage}: xp rerun {short} --verify   (today's code: {today})"
+    return f"{plan.stage}: xp rerun {short} --verify"
