@@ -15,7 +15,7 @@ import yaml
 
 import xpkit as xp
 from helpers import import_project
-from xpkit._catalog._runindex import read_head
+from xpkit._catalog._head import read_head
 from xpkit._catalog._runs import resolve_run, resolve_runs
 from xpkit._core._settings import clear_settings_cache
 from xpkit._core._yaml import dump_yaml
@@ -361,7 +361,7 @@ def test_read_head_matches_pyyaml(tmp_path: Path, name: str) -> None:
 
 def test_locks_xpkit_writes_take_the_fast_path(pipeline: ModuleType) -> None:
     """Heads of the locks xpkit writes parse without falling back to PyYAML."""
-    from xpkit._catalog._runindex import _cut, _simple_yaml
+    from xpkit._catalog._head import _cut, _simple_yaml
 
     for run in xp.runs():
         text = run.paths.lock.read_text()
