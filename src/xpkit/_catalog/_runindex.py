@@ -311,7 +311,7 @@ class _HeadFile:
 def _read_section(fd: int) -> tuple[dict[str, Any], int] | None:
     """The table section of an index file and where its heads start; None when foreign."""
     magic, size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
-    if magic != _MAGIC:
+    if magic != _MAGIC or _HEADER.size + size > os.fstat(fd).st_size:
         return None
     raw = os.pread(fd, size, _HEADER.size)
     if len(raw) != size:

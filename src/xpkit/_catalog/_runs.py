@@ -394,12 +394,16 @@ class Runs(Sequence[Run]):
         the list is shared: never change it."""
         if self._columns is None:
             self._columns = {}
+            self._order = _order_of(self._rows, len(self._store.ready()))
         values = self._columns.get(key)
         if values is None:
-            values = self._columns[key] = self._store.column(key, self._rows)
+            column = self._store.ready().column(key)
+            values = column[self._order] if self._order else take(column, self._rows)
+            self._columns[key] = values
         return values
 
     _columns: dict[str, list[Any]] | None = None
+    _order: slice | None = None
 
     def where(self, test: str | Callable[[Run], bool]) -> Runs:
         """The runs for which ``test`` (an expression or a predicate) holds.
@@ -508,6 +512,18 @@ class Runs(Sequence[Run]):
             if kind is not None:
                 frame[name] = frame[name].astype(kind)
         return frame
+
+
+def _order_of(rows: list[int], n: int) -> slice | None:
+    """The slice of a table of ``n`` rows that ``rows`` are, when they are all of them in
+    order or in reverse (newest first of runs named by their start): a copy in C."""
+    if len(rows) != n or not rows:
+        return None
+    if rows[0] == 0 and rows == list(range(n)):
+        return slice(None)
+    if rows[0] == n - 1 and rows == list(range(n - 1, -1, -1)):
+        return slice(None, None, -1)
+    return None
 
 
 def _sort_values(values: list[Any], name: str) -> list[Any]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,8 @@ class _Out:
     ) -> None:
         """Columns of cells under their headers."""
         if self.console is None:
-            sys.stdout.write(_plain_table(columns))
+            for text in _plain_table(columns):
+                sys.stdout.write(text)
             return
         from rich.table import Table
 
@@ -113,12 +115,14 @@ class Column:
     width: int | None = None
 
 
-def _plain_table(columns: Sequence[Column]) -> str:
-    """Aligned columns, two spaces apart, no trailing spaces."""
+def _plain_table(columns: Sequence[Column], *, rows_at_once: int = 4096) -> Iterator[str]:
+    """Aligned columns, two spaces apart, no trailing spaces: the text of a few thousand
+    lines at a time (the lines of 100,000 runs at once would take memory)."""
     parts = [_padded(c) for c in columns[:-1]]
     parts.append([columns[-1].header, *columns[-1].cells])
-    lines = map("  ".join, zip(*parts, strict=True))
-    return "\n".join(map(str.rstrip, lines)) + "\n"
+    lines = map(str.rstrip, map("  ".join, zip(*parts, strict=True)))
+    while chunk := list(itertools.islice(lines, rows_at_once)):
+        yield "\n".join(chunk) + "\n"
 
 
 def _padded(column: Column) -> list[str]:
