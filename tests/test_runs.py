@@ -409,12 +409,24 @@ def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     clear_settings_cache()
 
 
+def _reference_kind(values: list[object]) -> str | None:
+    """The nullable dtype a column of records takes: ``Int64``/``boolean`` with gaps."""
+    present = [v for v in values if v is not None]
+    if len(present) == len(values) or not present:
+        return None
+    if all(isinstance(v, bool) for v in present):
+        return "boolean"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "Int64"
+    return None
+
+
 def test_records_and_frames_are_those_of_each_run(mixed: Path) -> None:
     """Records from the columns (cold, then from the cache) equal run_record of each run,
     key order included; the DataFrame equals one made from those records."""
     import pandas as pd
 
-    from xpkit._catalog._runs import BASE_COLUMNS, _nullable_kind, run_record
+    from xpkit._catalog._runs import BASE_COLUMNS, run_record
 
     for _ in range(2):
         found = xp.runs()
@@ -425,7 +437,7 @@ def test_records_and_frames_are_those_of_each_run(mixed: Path) -> None:
         frame = pd.DataFrame.from_records(expected, columns=columns)
         frame["started"] = pd.to_datetime(frame["started"], utc=True, format="ISO8601")
         for name in columns[len(BASE_COLUMNS) :]:
-            kind = _nullable_kind([r.get(name) for r in expected])
+            kind = _reference_kind([r.get(name) for r in expected])
             if kind is not None:
                 frame[name] = frame[name].astype(kind)
         pd.testing.assert_frame_equal(found.to_pandas(), frame)

@@ -503,12 +503,11 @@ class Runs(Sequence[Run]):
         except ImportError:
             raise missing_extra("pandas", "pandas") from None
         names = dict.fromkeys([*BASE_COLUMNS, *self._key_order()])
-        raw = {name: self._values(name) for name in names}
-        data = {name: _frame_values(values) for name, values in raw.items()}
-        frame = pd.DataFrame(data, columns=list(names))
+        data = {name: _frame_column(self._values(name)) for name in names}
+        frame = pd.DataFrame({name: column for name, (column, _) in data.items()})
         frame["started"] = pd.to_datetime(frame["started"], utc=True, format="ISO8601")
         for name in list(names)[len(BASE_COLUMNS) :]:
-            kind = _nullable_kind(raw[name])
+            kind = data[name][1]
             if kind is not None:
                 frame[name] = frame[name].astype(kind)
         return frame
@@ -559,25 +558,31 @@ def _timestamp(value: Any) -> float | None:
         return None
 
 
-def _frame_values(values: list[Any]) -> list[Any]:
-    """A column for pandas: a key a run does not have is NaN, as ``from_records`` makes it."""
-    if ABSENT not in values:
-        return values
-    return [math.nan if v is ABSENT else v for v in values]
+def _frame_column(values: list[Any]) -> tuple[Any, str | None]:
+    """A column for pandas, as ``DataFrame.from_records`` would make it from records (a key
+    a run does not have is NaN), and the nullable dtype it takes: ``Int64``/``boolean`` for
+    ints/bools with gaps (pandas would make floats/objects). Whole columns of ints or floats
+    go to numpy at once."""
+    import numpy as np
 
-
-def _nullable_kind(values: list[Any]) -> str | None:
-    """``Int64``/``boolean`` for ints/bools with gaps (pandas would make floats/objects)."""
-    if None not in values and ABSENT not in values:
-        return None
-    present = [v for v in values if v is not None and v is not ABSENT]
-    if not present:
-        return None
-    if all(isinstance(v, bool) for v in present):
-        return "boolean"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return "Int64"
-    return None
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        try:
+            return np.array(values, dtype=np.int64), None
+        except OverflowError:
+            return values, None
+    if kinds == {float}:
+        return np.array(values, dtype=np.float64), None
+    gaps = kinds & {type(None), type(ABSENT)}
+    column = [math.nan if v is ABSENT else v for v in values] if type(ABSENT) in gaps else values
+    present = kinds - gaps
+    if not gaps or not present:
+        return column, None
+    if present == {bool}:
+        return column, "boolean"
+    if present == {int}:
+        return column, "Int64"
+    return column, None
 
 
 def run_record(run: Run) -> dict[str, Any]:
