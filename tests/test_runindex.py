@@ -156,3 +156,125 @@ def test_a_damaged_index_is_rebuilt_not_trusted(tmp_path: Path) -> None:
     ):
         (tmp_path / "index").write_bytes(blob)
         assert RunIndex(tmp_path / "index").head(str(lock_path)).id == "a"
+
+
+def _index_file(project: Path) -> Path:
+    return project / "results" / ".xpkit" / "runs.marshal"
+
+
+def test_a_damaged_index_file_is_never_trusted(project: Path) -> None:
+    """Cut short anywhere, bytes flipped, a foreign header, a section of the wrong shape,
+    paths that do not decode: every listing still equals a full read, and nothing raises."""
+    import marshal
+    import struct
+
+    from xpkit._catalog._runindex import _HEADER, _MAGIC
+
+    train = project / "results" / "train"
+    truth = _truth(train)
+    assert _listed() == truth
+    good = _index_file(project).read_bytes()
+    size = struct.unpack("<Q", good[16:24])[0]
+    section = marshal.loads(good[24 : 24 + size])
+
+    def framed(changed: dict[str, object]) -> bytes:
+        data = marshal.dumps({**section, **changed})
+        return _HEADER.pack(_MAGIC, len(data)) + data + good[24 + size :]
+
+    damaged = [good[:n] for n in (0, 10, 24, 100, 24 + size, len(good) - 7)]
+    damaged += [good[:200] + bytes(b ^ 0xFF for b in good[200:260]) + good[260:]]
+    damaged += [b"xpkit runindex 6" + good[16:], good[:16] + struct.pack("<Q", 10**12) + good[24:]]
+    damaged += [
+        framed({"found": b"\x00garbage"}),
+        framed({"found": marshal.dumps((["x"], [(1, 2, 3)]), 0)}),
+        framed({"shape": section["shape"][:-1]}),
+        framed({"at": list(reversed(section["at"]))}),
+        framed({"columns": {"id": [1]}}),
+        framed({"errors": {"x": "no"}}),
+    ]
+    for blob in damaged:
+        _index_file(project).write_bytes(blob)
+        assert _listed() == truth
+        assert [r.config for r in xp.runs()]  # heads come back whole, or are read again
+
+
+def test_runs_made_from_the_cache_have_their_whole_head(project: Path) -> None:
+    """A Run made from a cached row has the head its run.lock has: nested config, src,
+    data, metrics, tasks and keys this version does not know."""
+    from xpkit._catalog._head import read_head
+
+    lock_path = project / "results" / "train" / "r000" / "run.lock"
+    lock = load_lock(lock_path).replace(
+        config={"model": {"depth": 3, "widths": [1, 2]}, "lr": 0.1},
+        src={"commit": "c" * 40, "dirty": True},
+        data={"raw": {"path": "data/raw", "hash": "xxh3_128:ab"}},
+        tasks={"total": 3, "done": 3, "failed": 0},
+        extra={"sweep": {"id": "s1", "point": 1, "total": 2}, "future_key": [1]},
+    )
+    write_lock(lock_path, lock)
+    past = time.time_ns() - HOUR_NS
+    os.utime(lock_path, ns=(past, past))
+    xp.runs()  # reads and caches
+    for _ in range(2):
+        cached = {os.path.realpath(r.dir): r for r in xp.runs()}
+        run = cached[str(lock_path.parent)]
+        assert run._brief == read_head(lock_path)
+        assert run.config.model.widths == [1, 2]
+
+
+def test_a_listing_of_one_stage_keeps_the_others_cached(project: Path) -> None:
+    """Listing results/train after a change there keeps the heads of the other stages."""
+    from xpkit._catalog._runindex import RunIndex
+
+    other = project / "results" / "prepare" / "p000"
+    other.mkdir(parents=True)
+    write_lock(other / "run.lock", RunLock(id="p000", stage="prepare", dir=str(other),
+                                           status="completed"))  # fmt: skip
+    past = time.time_ns() - HOUR_NS
+    os.utime(other / "run.lock", ns=(past, past))
+    assert len(xp.runs()) == 21
+    new = project / "results" / "train" / "r999"
+    new.mkdir()
+    write_lock(new / "run.lock", RunLock(id="r999", stage="train", dir=str(new),
+                                         status="completed"))  # fmt: skip
+    os.utime(new / "run.lock", ns=(past, past))
+    assert len(xp.runs("results/train")) == 21
+    index = RunIndex(_index_file(project))
+    index._decode()
+    assert {os.path.basename(os.path.dirname(lock)) for lock in index._locks} >= {"p000", "r999"}
+    assert len(xp.runs()) == 22
+
+
+def test_a_broken_lock_stays_skipped_until_it_changes(project: Path) -> None:
+    """A lock that cannot be read is skipped with the same message from the cache, and
+    listed once it is repaired."""
+    lock_path = project / "results" / "train" / "r003" / "run.lock"
+    good = lock_path.read_text()
+    lock_path.write_text("xpkit: 1\nid: [broken\n")
+    past = time.time_ns() - HOUR_NS
+    os.utime(lock_path, ns=(past, past))
+    first = xp.runs()
+    again = xp.runs()
+    assert len(first) == len(again) == 19
+    assert first.skipped == again.skipped
+    assert len(again.skipped) == 1
+    assert str(lock_path) in again.skipped[0]
+    lock_path.write_text(good)
+    os.utime(lock_path, ns=(past + 10**9, past + 10**9))
+    repaired = xp.runs()
+    assert (len(repaired), repaired.skipped) == (20, [])
+
+
+def test_a_listing_right_after_a_write_is_never_stale(project: Path) -> None:
+    """A lock rewritten in place within its mtime tick, between two listings: the second
+    listing shows the new content (a head of a lock this recent is never cached)."""
+    lock_path = project / "results" / "train" / "r001" / "run.lock"
+    write_lock(lock_path, load_lock(lock_path).replace(metrics={"acc": 0.25}))
+    assert {r.id: r.metrics for r in xp.runs()}["r001"] == {"acc": 0.25}
+    st = lock_path.stat()
+    with lock_path.open("r+") as f:  # same inode, same size
+        f.write(lock_path.read_text().replace("0.25", "0.75"))
+    os.utime(lock_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    listed = xp.runs()
+    assert {r.id: r.metrics for r in listed}["r001"] == {"acc": 0.75}
+    assert listed.where("metrics.acc > 0.5")[0].id == "r001"

@@ -15,7 +15,7 @@ import yaml
 
 import xpkit as xp
 from helpers import import_project
-from xpkit._catalog._runindex import read_head
+from xpkit._catalog._head import read_head
 from xpkit._catalog._runs import resolve_run, resolve_runs
 from xpkit._core._settings import clear_settings_cache
 from xpkit._core._yaml import dump_yaml
@@ -361,8 +361,135 @@ def test_read_head_matches_pyyaml(tmp_path: Path, name: str) -> None:
 
 def test_locks_xpkit_writes_take_the_fast_path(pipeline: ModuleType) -> None:
     """Heads of the locks xpkit writes parse without falling back to PyYAML."""
-    from xpkit._catalog._runindex import _cut, _simple_yaml
+    from xpkit._catalog._head import _cut, _simple_yaml
 
     for run in xp.runs():
         text = run.paths.lock.read_text()
         assert _simple_yaml(_cut(text)) == yaml.safe_load(_cut(text))
+
+
+def _mixed_runs(root: Path) -> None:
+    """Runs of two stages whose records differ: keys in another order, keys missing, None,
+    booleans, lists, NaN, a nested config, a sweep point, data."""
+    configs = [
+        {"lr": 0.1, "model": {"depth": 2}, "flag": True, "tags": ["a"]},
+        {"model": {"depth": 3}, "lr": 0.01, "flag": None},  # another order, no tags
+        {"lr": 1, "extra": "x"},
+        {"n": 5},
+    ]
+    for i, config in enumerate(configs):
+        lock = {
+            "xpkit": 1,
+            "id": f"{i:04d}aaaa",
+            "stage": "prep" if i == 3 else "train",
+            "dir": f"results/s/r{i}",
+            "status": "completed" if i != 2 else "failed",
+            "started": f"2024-01-0{i + 1}T00:00:00+00:00",
+            "duration_s": 5 if i else None,
+            "config": config,
+            "metrics": {"acc": float("nan") if i == 1 else i / 4, "steps": i},
+        }
+        if i == 0:
+            lock["data"] = {"raw": {"path": "data/raw", "hash": "xxh3_128:aa"}}
+            lock["sweep"] = {"id": "123456789", "point": 0, "total": 2}
+        run_dir = root / "results" / "s" / f"r{i}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.lock").write_text(dump_yaml(lock))
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project whose results hold the mixed runs, their locks aged (cacheable)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    clear_settings_cache()
+    _mixed_runs(tmp_path)
+    _age_locks(tmp_path / "results")
+    yield tmp_path
+    clear_settings_cache()
+
+
+def _reference_kind(values: list[object]) -> str | None:
+    """The nullable dtype a column of records takes: ``Int64``/``boolean`` with gaps."""
+    present = [v for v in values if v is not None]
+    if len(present) == len(values) or not present:
+        return None
+    if all(isinstance(v, bool) for v in present):
+        return "boolean"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "Int64"
+    return None
+
+
+def test_records_and_frames_are_those_of_each_run(mixed: Path) -> None:
+    """Records from the columns (cold, then from the cache) equal run_record of each run,
+    key order included; the DataFrame equals one made from those records."""
+    import pandas as pd
+
+    from xpkit._catalog._runs import BASE_COLUMNS, run_record
+
+    for _ in range(2):
+        found = xp.runs()
+        expected = [run_record(xp.Run(r.dir)) for r in found]
+        assert repr(found.records()) == repr(expected)  # repr: nan is not nan
+        assert repr([found.record(r) for r in found]) == repr(expected)
+        columns = list(dict.fromkeys([*BASE_COLUMNS, *(k for r in expected for k in r)]))
+        frame = pd.DataFrame.from_records(expected, columns=columns)
+        frame["started"] = pd.to_datetime(frame["started"], utc=True, format="ISO8601")
+        for name in columns[len(BASE_COLUMNS) :]:
+            kind = _reference_kind([r.get(name) for r in expected])
+            if kind is not None:
+                frame[name] = frame[name].astype(kind)
+        pd.testing.assert_frame_equal(found.to_pandas(), frame)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "lr > 0.01",
+        "lr == 1",
+        "flag",
+        "not flag",
+        "flag == null",
+        "tags == '[\\'a\\']' or extra == x",
+        "metrics.acc >= 0.25 and status != failed",
+        "0.5 > metrics.acc",
+        "config.model.depth < metrics.steps + 3",
+        "metrics.steps < config.model.depth",
+        "started > 2024-01-02",
+        "stage == prep or (lr and not model.depth == 3)",
+    ],
+)
+def test_where_on_columns_is_where_on_each_record(mixed: Path, expr: str) -> None:
+    """A --where expression over the columns keeps exactly the runs whose record passes."""
+    from xpkit._catalog._runs import run_record
+    from xpkit._catalog._where import compile_where
+
+    everything = xp.runs()
+    try:
+        test = compile_where(expr, everything._keys())
+    except ExpressionError:
+        with pytest.raises(ExpressionError):
+            everything.where(expr)
+        return
+    expected = [r.id for r in everything if test(run_record(r))]
+    assert [r.id for r in everything.where(expr)] == expected
+
+
+def test_runs_of_given_runs_read_them_only_when_asked(mixed: Path) -> None:
+    """Runs(items) keeps the runs given; a broken lock among them fails the first record."""
+    given = [xp.Run(d) for d in sorted(Path("results/s").iterdir())]
+    collection = xp.Runs(given)
+    assert list(collection) == given
+    assert collection[0] is given[0]
+    assert [r.id for r in collection.sort("-metrics.steps")] == [
+        "0003aaaa",
+        "0002aaaa",
+        "0001aaaa",
+        "0000aaaa",
+    ]
+    Path("results/s/r1/run.lock").write_text("xpkit: 1\nid: [broken\n")
+    lazy = xp.Runs([xp.Run("results/s/r1")])
+    assert len(lazy) == 1
+    with pytest.raises(xp.XpkitError):
+        lazy.records()

@@ -57,7 +57,7 @@ class Run:
         if self._lock is not None:
             return self._lock
         if self._head is None:
-            from ._runindex import read_head  # listing code: not needed to make a run
+            from ._head import read_head  # listing code: not needed to make a run
 
             self._head = read_head(self.paths.lock)
         return self._head

@@ -1,16 +1,21 @@
-"""Reading many run.lock files fast: only the sections a listing needs, with a stat cache.
+"""The head cache of listings: every run.lock head read once, kept as columns in one file.
 
-A run.lock is mostly ``env.packages`` and the recursive ``upstream`` locks; a listing needs
-neither. :func:`read_head` parses only the top-level sections named in :data:`HEAD_KEYS`
-(cut out of the text by their column-0 key lines, as written by :func:`~xpkit._lock.dump_yaml`),
-with a small parser for the plain YAML that dump_yaml writes there, PyYAML for anything else,
-and the full parse whenever the cut text does not validate: a hand-written lock is read
-correctly, just slower.
+Reading a head (:func:`~._head.read_head`) costs ~100 us; 100,000 of them take seconds. The
+index keeps, for each run.lock it read, its stamp (mtime_ns, size, inode), its flat record
+as a row of a :class:`~._table.HeadTable` and its whole head, marshalled. A listing of
+unchanged runs stats each run.lock and loads the table in one ``marshal.loads``: no YAML,
+no object per run; a head is read back from the file only when a ``Run`` asks for it.
 
-:class:`RunIndex` remembers each head in a ``marshal`` file keyed by the lock's (mtime_ns,
-size, inode): a listing of unchanged runs reads no YAML at all, and loads 100,000 heads in a
-fraction of the time JSON takes. A head cached from a lock modified in the last two seconds
-is not trusted later: another write within the same mtime tick could keep its stamp.
+The file: 16 bytes of magic and version, the length of the table section (8 bytes, little
+endian), the table section (one marshal: the lock paths and stamps of its rows, head
+offsets, the table, the locks that could not be read and why), then the heads one after
+another. The paths and stamps are kept as the bytes ``marshal.dumps((locks, stamps), 0)``
+(version 0 writes equal values as equal bytes): a listing of the same unchanged runs makes
+the same bytes, and one comparison stands for 100,000 (decoding them takes longer). It is replaced
+atomically; an index keeps the file it loaded open, so its heads stay those of its table.
+
+A head read from a lock modified in the last two seconds is used but not cached: another
+write within the same mtime tick could keep its stamp (git's "racily clean" problem).
 """
 
 from __future__ import annotations
@@ -19,223 +24,133 @@ import contextlib
 import dataclasses
 import marshal
 import os
-import re
+import struct
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .._core._lock import RunLock, decode_lock, load_lock
+from .._core._lock import RunLock
 from .._core._paths import atomic_write_bytes
-from .._core._yaml import load_yaml
 from ..errors import LockError, LockVersionError
+from ._head import read_head
+from ._table import HeadTable, data_hashes, head_record
 
-__all__ = ["HEAD_KEYS", "RunIndex", "read_head"]
+__all__ = ["RunIndex", "Stamp", "lock_stamp"]
 
-# the sections of run.lock a listing shows; ``env``, ``upstream``, ``argv``, ``error`` are left
-HEAD_KEYS = frozenset(
-    {
-        "xpkit",
-        "id",
-        "stage",
-        "dir",
-        "status",
-        "started",
-        "ended",
-        "duration_s",
-        "pid",
-        "host",
-        "config",
-        "src",
-        "data",
-        "metrics",
-        "tasks",
-        "sweep",
-    }
-)
+Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino) of a run.lock
 
-_INDEX_VERSION = 6  # 3: heads checked by _core._schema; 4: marshal; 5: names interned
+_MAGIC = b"xpkit runindex 7"  # the last 1-2 characters are the version
+_HEADER = struct.Struct("<16sQ")
 # A lock modified this recently may be rewritten within the same mtime tick (the "racily
 # clean" problem of git): its head is used but not cached.
 _RACY_NS = 2_000_000_000
 _NAME_CHARS = 40
 _LOCK_FIELDS = frozenset(f.name for f in dataclasses.fields(RunLock)) - {"extra"}
+_SECTION_KEYS = ("found", "at", "columns", "shapes", "shape", "data", "errors")
 
 
-def _cut(text: str) -> str:
-    """The lines of the top-level sections in :data:`HEAD_KEYS`."""
-    out: list[str] = []
-    keep = False
-    for line in text.splitlines(keepends=True):
-        first = line[:1]
-        if first and first not in " \t-#\r\n":
-            keep = line.split(":", 1)[0] in HEAD_KEYS
-        if keep:
-            out.append(line)
-    return "".join(out)
-
-
-def _head_dict(text: str) -> dict[str, Any] | None:
-    """The head sections parsed, or None when the cut text is not a plain mapping."""
-    head = _cut(text)
-    try:
-        data = _simple_yaml(head)
-    except (_Unsupported, ValueError):  # ValueError: an integer of more than 4300 digits
-        try:
-            data = load_yaml(head)
-        except yaml.YAMLError:
-            return None
-    return data if isinstance(data, dict) and "xpkit" in data else None
-
-
-# -- a parser for the plain subset of YAML that dump_yaml writes for configs and metrics -----
-#
-# PyYAML builds every value in Python even with the C loader (~0.5 ms for 50 config keys);
-# this reads block mappings of `key: scalar` lines, indentless lists of scalars, quoted
-# strings and {} / [] in ~5x less. Anything else (a literal block, a wrapped long string,
-# flow collections, anchors, a scalar PyYAML would read as a date or a special float) raises
-# _Unsupported and PyYAML parses the text: the result is always what PyYAML would give.
-
-
-class _Unsupported(Exception):
-    pass
-
-
-_KEY_LINE = re.compile(r"( *)([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?\Z")
-_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
-_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+(?:[eE][-+][0-9]+)?\Z")
-_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
-_WORDS: dict[str, Any] = {"null": None, "Null": None, "NULL": None, "~": None}
-_WORDS.update(dict.fromkeys(["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"], True))
-_WORDS.update(
-    dict.fromkeys(["false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"], False)
-)
-
-
-def _scalar(text: str) -> Any:
-    first = text[:1]
-    if first == "'":
-        body = text[1:-1]
-        if len(text) < 2 or not text.endswith("'") or "'" in body.replace("''", ""):
-            raise _Unsupported
-        return body.replace("''", "'")
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    special = first in '"&*!|>%@`{[]},#?:-'
-    if not text or (special and not _INT.match(text) and not _FLOAT.match(text)):
-        raise _Unsupported
-    if ": " in text or " #" in text or text.endswith((":", " ")):
-        raise _Unsupported
-    if text.isascii() and text.isdigit() and (first != "0" or text == "0"):
-        return int(text)  # the commonest config value, without the regular expressions
-    for tag, regexp in _RESOLVERS.get(first, ()):
-        if regexp.match(text):
-            if tag.endswith(":int") and _INT.match(text):
-                return int(text)
-            if tag.endswith(":float") and _FLOAT.match(text):
-                return float(text)
-            if (tag.endswith((":bool", ":null"))) and text in _WORDS:
-                return _WORDS[text]
-            raise _Unsupported  # a date, 0x1f, 1_000, .inf...: let PyYAML decide
-    return text
-
-
-def _simple_yaml(text: str) -> dict[str, Any]:
-    root: dict[str, Any] = {}
-    stack: list[tuple[int, dict[str, Any]]] = [(0, root)]  # (indent of its keys, mapping)
-    open_key: tuple[int, dict[str, Any], str] | None = None  # `key:` awaiting its block
-    for line in text.splitlines():
-        m = _KEY_LINE.match(line)
-        if m is None:  # only an item of an indentless list under the open key may follow
-            stripped = line.lstrip(" ")
-            if open_key is None or not stripped.startswith("- "):
-                raise _Unsupported
-            indent, parent, key = open_key
-            items = parent.setdefault(key, [])
-            if len(line) - len(stripped) != indent or not isinstance(items, list):
-                raise _Unsupported
-            items.append(_scalar(stripped[2:]))
-            continue
-        indent, key, value = len(m.group(1)), m.group(2), m.group(3)
-        if key in _WORDS:
-            raise _Unsupported  # `yes:` is a boolean key in YAML 1.1
-        if open_key is not None:
-            o_indent, parent, o_key = open_key
-            open_key = None
-            if o_key not in parent:  # no list started: a nested mapping must
-                if indent != o_indent + 2:
-                    raise _Unsupported
-                child: dict[str, Any] = {}
-                parent[o_key] = child
-                stack.append((indent, child))
-        while stack[-1][0] > indent:
-            stack.pop()
-        level, node = stack[-1]
-        if level != indent or key in node:
-            raise _Unsupported
-        if value is None:
-            open_key = (indent, node, key)
-        else:
-            node[key] = _scalar(value)
-    if open_key is not None and open_key[2] not in open_key[1]:
-        raise _Unsupported
-    return root
-
-
-def read_head(path: str | os.PathLike[str]) -> RunLock:
-    """Read the listing sections of a run.lock (``env``, ``upstream``, ``error`` left out).
-
-    Raises:
-        LockError: the file is missing, is not valid YAML or does not follow the schema.
-        LockVersionError: the lock comes from a newer schema.
-    """
-    p = Path(path)
-    try:
-        text = decode_lock(p.read_bytes(), p)
-    except OSError as e:
-        msg = f"{p}: cannot read run.lock ({e.strerror or e})"
-        raise LockError(msg) from None
-    # xpkit writes whole files ending in a newline: anything else may be cut short in a
-    # section the head skips, so let the full parse judge it
-    data = _head_dict(text) if text.endswith("\n") else None
-    if data is not None:
-        try:
-            return RunLock.from_dict(data, source=str(p))
-        except LockVersionError:
-            raise
-        except LockError:
-            pass  # an unusual layout: the full parse below names the real problem
-    full = load_lock(p)
-    return full.replace(env=None, upstream=None, error=None, argv=(), extra={})
+def lock_stamp(st: os.stat_result) -> Stamp:
+    """What says a run.lock is unchanged: (mtime_ns, size, inode)."""
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class RunIndex:
-    """Run.lock heads cached by (mtime_ns, size, inode) in one marshal file.
+    """Run.lock heads, cached by stamp in one file (``path=None``: in memory only).
 
-    ``path=None`` keeps the cache in memory only. A cache that cannot be read or written is
-    silently ignored: it only ever saves time.
+    A cache that cannot be read or written is ignored: it only ever saves time.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._entries: dict[str, list[Any]] = self._load()
+        self.table = HeadTable()
+        self._found = _found_key([], [])  # the file's rows' locks and stamps, undecoded
+        self._locks: list[str] = []  # per row (once decoded)
+        self._stamps: list[Stamp] = []  # per row (once decoded)
+        self._decoded = True
+        self._keep: list[bool] = []  # per row: may be written to the file
+        self._heads: dict[int, dict[str, Any]] = {}  # heads read in this process, by row
+        self._errors: dict[str, tuple[Stamp, bool, str]] = {}  # lock -> stamp, newer?, message
+        self._by_lock: dict[str, int] | None = None  # lock -> its current row
+        self._seen: dict[int, None] = {}  # rows looked up, in order
+        self._file = _HeadFile(None, 0, [])
+        self._loaded = 0  # rows that came from the file
         self._dirty = False
+        self._load()
 
-    def _load(self) -> dict[str, list[Any]]:
+    # -- reading ----------------------------------------------------------------------
+
+    def _load(self) -> None:
         if self.path is None:
-            return {}
+            return
         try:
-            data = marshal.loads(self.path.read_bytes())
-        except (OSError, EOFError, ValueError, TypeError):
-            return {}
-        if not isinstance(data, dict) or data.get("version") != _INDEX_VERSION:
-            return {}
-        entries = data.get("entries")
-        return entries if isinstance(entries, dict) else {}
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            loaded = _read_section(fd)
+        except (OSError, EOFError, ValueError, TypeError, struct.error):
+            loaded = None
+        if loaded is None:
+            os.close(fd)
+            return
+        section, base = loaded
+        self._file = _HeadFile(fd, base, section["at"])
+        weakref.finalize(self, os.close, fd)
+        self.table = HeadTable(
+            columns=section["columns"],
+            shapes=section["shapes"],
+            shape=section["shape"],
+            data=section["data"],
+        )
+        self._found = section["found"]
+        self._decoded = False
+        self._loaded = len(section["shape"])
+        self._keep = [True] * self._loaded
+        self._errors = section["errors"]
+
+    def _decode(self) -> None:
+        """The locks and stamps of the file's rows, decoded (a file whose rows do not decode
+        is forgotten)."""
+        if self._decoded:
+            return
+        self._decoded = True
+        try:
+            locks, stamps = marshal.loads(self._found)
+            if type(locks) is not list or type(stamps) is not list:
+                raise TypeError
+        except (EOFError, ValueError, TypeError):
+            locks, stamps = [], []
+        if len(locks) != self._loaded or len(stamps) != self._loaded:
+            self.table, self._loaded, self._keep = HeadTable(), 0, []
+            locks, stamps = [], []
+        self._locks, self._stamps = locks, stamps
+
+    def lookup(self, locks: list[str], stamps: list[Stamp]) -> tuple[list[int], list[str]]:
+        """The row of the head of each lock (read when changed; -1 for a lock that could not
+        be read), and one message per such lock."""
+        same = len(locks) == self._loaded and not self._decoded
+        if same and _found_key(locks, stamps) == self._found:
+            self._unchanged = True  # the same runs, unchanged, in the same order
+            rows = list(range(len(locks)))
+            self._seen.update(dict.fromkeys(rows))
+            return rows, []
+        by_lock = self._lock_rows()
+        rows, skipped = [], []
+        for lock, stamp in zip(locks, stamps, strict=True):
+            row = by_lock.get(lock)
+            if row is None or self._stamps[row] != stamp:
+                try:
+                    row = self._read(lock, stamp)
+                except LockError as e:
+                    skipped.append(str(e))
+                    row = -1
+            rows.append(row)
+        self._seen.update(dict.fromkeys(r for r in rows if r >= 0))
+        return rows, skipped
+
+    _unchanged = False  # a lookup found the file's runs as they are
 
     def head(self, lock_path: str) -> RunLock:
         """The head of the run.lock at ``lock_path``, from the cache when unchanged.
@@ -244,54 +159,205 @@ class RunIndex:
             LockError: as :func:`read_head` (a cached failure is raised again).
         """
         try:
-            st = os.stat(lock_path)
+            stamp = lock_stamp(os.stat(lock_path))
         except OSError as e:
             msg = f"{lock_path}: cannot read run.lock ({e.strerror})"
             raise LockError(msg) from None
-        stamp = [st.st_mtime_ns, st.st_size, st.st_ino]
-        entry = self._entries.get(lock_path)
-        if entry is not None and entry[:3] == stamp:
-            cached = _from_entry(entry[3], lock_path)
-            if cached is not None:
-                return cached
-        try:
-            lock = read_head(lock_path)
-        except LockVersionError as e:
-            self._store(lock_path, stamp, {"version_error": str(e)})
-            raise
-        except LockError as e:
-            self._store(lock_path, stamp, {"error": str(e)})
-            raise
-        self._store(lock_path, stamp, {"lock": lock.to_dict()})
-        return lock
+        row = self._lock_rows().get(lock_path)
+        if row is None or self._stamps[row] != stamp:
+            row = self._read(lock_path, stamp)
+        self._seen[row] = None
+        head = self.head_of(row)
+        return head if head is not None else read_head(lock_path)
 
-    def _store(self, key: str, stamp: list[int], value: dict[str, Any]) -> None:
-        if time.time_ns() - stamp[0] < _RACY_NS:
-            self._entries.pop(key, None)
-            return
-        self._entries[key] = [*stamp, _interned(value)]
-        self._dirty = True
+    def head_of(self, row: int) -> RunLock | None:
+        """The head of a row (None when the file no longer holds it: read the lock)."""
+        data = self._heads.get(row)
+        if data is None:
+            data = self._file.head(row)
+        ids = self.table.column("id")
+        if data is None or row >= len(ids) or data.get("id") != ids[row]:
+            return None
+        return _trusted(data)
+
+    def _lock_rows(self) -> dict[str, int]:
+        self._decode()
+        if self._by_lock is None:
+            self._by_lock = dict(zip(self._locks, range(len(self._locks)), strict=True))
+        return self._by_lock
+
+    def _read(self, lock: str, stamp: Stamp) -> int:
+        """Read a head into a new row; a failure is remembered (for its stamp) and raised."""
+        self._decode()
+        now = time.time_ns()  # before reading: a write after the read has a later mtime
+        racy = now - stamp[0] < _RACY_NS
+        cached = self._errors.get(lock)
+        if cached is not None and cached[0] == stamp and not racy:
+            raise (LockVersionError if cached[1] else LockError)(cached[2])
+        try:
+            head = read_head(lock)
+        except LockError as e:
+            if not racy:
+                self._errors[lock] = (stamp, isinstance(e, LockVersionError), str(e))
+                self._dirty = True
+            raise
+        self._errors.pop(lock, None)
+        data = _interned(head.to_dict())
+        row = self.table.append(head_record(head), data_hashes(head))
+        self._locks.append(lock)
+        self._stamps.append(stamp)
+        self._heads[row] = data
+        self._keep.append(not racy and _storable((data, self.table.record(row))))
+        by_lock = self._lock_rows()
+        if racy:
+            by_lock.pop(lock, None)  # read it again next time
+        else:
+            by_lock[lock] = row
+            self._dirty = self._dirty or self._keep[row]
+        return row
+
+    # -- writing ----------------------------------------------------------------------
 
     def save(self) -> None:
         """Write the cache back when something changed (atomically; failures ignored)."""
-        if self.path is None or not self._dirty:
+        if self.path is None:
             return
-        self._entries = {k: v for k, v in self._entries.items() if os.path.exists(k)}
-        try:
-            data = _dumps(self._entries)
-        except ValueError:  # a value marshal cannot hold (a YAML date): not cached
-            self._entries = {k: v for k, v in self._entries.items() if _storable(v)}
-            data = _dumps(self._entries)
+        rows = self._rows_to_keep()
+        if rows is None:
+            return
         with contextlib.suppress(OSError):
+            data = self._encode(rows)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, data)
         self._dirty = False
 
+    def _rows_to_keep(self) -> list[int] | None:
+        """The rows to write, those looked up first; None when the file holds them already."""
+        if not self._dirty and (self._unchanged or not self._seen):
+            return None
+        current = self._lock_rows()
+        seen = [r for r in self._seen if self._keep[r] and current.get(self._locks[r]) == r]
+        unseen = [r for r in current.values() if r not in self._seen and self._keep[r]]
+        if not self._dirty:
+            # all the file's runs listed, but in another order: write them in this one
+            if unseen or seen == list(range(self._loaded)) or len(seen) != self._loaded:
+                return None
+            return seen
+        return seen + [r for r in unseen if os.path.exists(self._locks[r])]
+
+    def _encode(self, rows: list[int]) -> bytes:
+        table = self.table.subset(rows)
+        blobs = [self._blob(r) for r in rows]
+        at = [0]
+        for blob in blobs:
+            at.append(at[-1] + len(blob))
+        errors = {k: v for k, v in self._errors.items() if os.path.exists(k)}
+        section = marshal.dumps(
+            {
+                "found": _found_key(
+                    [self._locks[r] for r in rows], [self._stamps[r] for r in rows]
+                ),
+                "at": at,
+                "columns": table.columns,
+                "shapes": table.shapes,
+                "shape": table.shape,
+                "data": table.data,
+                "errors": errors,
+            }
+        )
+        return b"".join([_HEADER.pack(_MAGIC, len(section)), section, *blobs])
+
+    def _blob(self, row: int) -> bytes:
+        data = self._heads.get(row)
+        if data is not None:
+            return marshal.dumps(data)
+        return self._file.blob(row)
+
+
+class _HeadFile:
+    """The heads section of the file an index loaded, read a head at a time."""
+
+    def __init__(self, fd: int | None, base: int, at: list[int]) -> None:
+        self.fd = fd
+        self.base = base
+        self.at = at
+        self._all: bytes | None = None
+
+    def blob(self, row: int) -> bytes:
+        """The marshalled head of a row (b"" when the file no longer has it)."""
+        if self.fd is None:
+            return b""
+        if self._all is None:  # saving: every head, in one read
+            with contextlib.suppress(OSError):
+                self._all = os.pread(self.fd, self.at[-1], self.base)
+        if self._all is not None:
+            return self._all[self.at[row] : self.at[row + 1]]
+        return b""
+
+    def head(self, row: int) -> dict[str, Any] | None:
+        if self.fd is None or row + 1 >= len(self.at):
+            return None
+        start, end = self.at[row], self.at[row + 1]
+        try:
+            if self._all is not None:
+                data = marshal.loads(self._all[start:end])
+            else:
+                data = marshal.loads(os.pread(self.fd, end - start, self.base + start))
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _read_section(fd: int) -> tuple[dict[str, Any], int] | None:
+    """The table section of an index file and where its heads start; None when foreign."""
+    magic, size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+    if magic != _MAGIC or _HEADER.size + size > os.fstat(fd).st_size:
+        return None
+    raw = os.pread(fd, size, _HEADER.size)
+    if len(raw) != size:
+        return None
+    section = marshal.loads(raw)
+    return (section, _HEADER.size + size) if _valid(section) else None
+
+
+def _valid(section: Any) -> bool:
+    """Whether a loaded table section has the shape this index writes (values unchecked)."""
+    if not isinstance(section, dict) or sorted(section) != sorted(_SECTION_KEYS):
+        return False
+    lists = ("at", "shape", "data", "shapes")
+    if not all(type(section[k]) is list for k in lists):
+        return False
+    if type(section["columns"]) is not dict or type(section["errors"]) is not dict:
+        return False
+    if type(section["found"]) is not bytes:
+        return False
+    n = len(section["shape"])
+    if len(section["data"]) != n or len(section["at"]) != n + 1:
+        return False
+    if any(type(v) is not list or len(v) != n for v in section["columns"].values()):
+        return False
+    shapes = section["shapes"]
+    if not all(type(s) is tuple and set(s) <= section["columns"].keys() for s in shapes):
+        return False
+    shape, at = section["shape"], section["at"]
+    if shape and not (
+        set(map(type, shape)) == {int} and 0 <= min(shape) <= max(shape) < len(shapes)
+    ):
+        return False
+    if set(map(type, at)) != {int} or at[0] != 0 or sorted(at) != at:
+        return False
+    errors = section["errors"].values()
+    return all(type(e) is tuple and len(e) == 3 for e in errors)
+
+
+def _found_key(locks: list[str], stamps: list[Stamp]) -> bytes:
+    """The locks and stamps of rows as bytes, the same bytes for the same values."""
+    return marshal.dumps((locks, stamps), 0)
+
 
 def _interned(value: Any) -> Any:
     """``value`` with its mapping keys and short names interned: marshal writes an
-    interned string once and refers to it after, so that 100,000 heads sharing the same
-    50 config keys load twice as fast."""
+    interned string once and refers to it after."""
     if isinstance(value, dict):
         return {(sys.intern(k) if type(k) is str else k): _interned(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -301,27 +367,13 @@ def _interned(value: Any) -> Any:
     return value
 
 
-def _dumps(entries: dict[str, list[Any]]) -> bytes:
-    return marshal.dumps({"version": _INDEX_VERSION, "entries": entries})
-
-
 def _storable(value: Any) -> bool:
+    """Whether marshal can write ``value`` (a YAML date cannot be cached)."""
     try:
         marshal.dumps(value)
     except ValueError:
         return False
     return True
-
-
-def _from_entry(value: Any, source: str) -> RunLock | None:
-    """The cached head, or its cached failure raised again; None for a damaged entry."""
-    if not isinstance(value, dict):
-        return None
-    if "lock" in value:
-        return _trusted(value["lock"])
-    if "version_error" in value:
-        raise LockVersionError(str(value["version_error"]))
-    raise LockError(str(value.get("error", f"{source}: invalid run.lock")))
 
 
 def _trusted(data: Any) -> RunLock | None:

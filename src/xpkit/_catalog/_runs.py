@@ -2,31 +2,38 @@
 
 Run directories are found by their ``run.lock`` below the results directory (or the paths
 and globs given); ``latest`` links are not followed, so no run is listed twice, and the
-inside of a run directory is never walked. Heads of run.lock files come from
-:class:`~xpkit._runindex.RunIndex`, so listing unchanged runs parses no YAML.
+inside of a run directory is never walked: one stat per run, which also tells the run
+index whether its cached head still holds. Heads of run.lock files come from
+:class:`~xpkit._catalog._runindex.RunIndex` as columns, so listing unchanged runs parses no
+YAML and makes no object per run; a :class:`Run` is made for a run only when asked for.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
 import glob
 import itertools
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import stat as stat_module
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from .._core._config import flatten
+from .._core._lock import RunLock
 from .._core._paths import LATEST, LOCK, RunPaths, latest_link
 from .._core._settings import Settings, load_settings
 from ..errors import (
     AmbiguousRunError,
     ExpressionError,
-    LockError,
     RunNotFoundError,
     missing_extra,
 )
 from ._run import Run
-from ._runindex import RunIndex
+from ._runindex import RunIndex, Stamp, lock_stamp
+from ._table import ABSENT, HeadTable, data_hashes, head_record, take
 from ._where import (
     FIELDS,
     closest_keys,
@@ -78,8 +85,7 @@ def runs(
     Example:
         >>> df = xp.runs("results/train", where="metrics.acc > 0.9").to_pandas()  # doctest: +SKIP
     """
-    settings = settings or load_settings()
-    found = Runs.load(find_run_dirs(path_or_glob, settings=settings), settings=settings)
+    found = Runs.find(path_or_glob, settings=settings or load_settings())
     if where is not None:
         found = found.where(where)
     found = found.sort(sort)
@@ -94,20 +100,41 @@ def find_run_dirs(
     Raises:
         RunNotFoundError: a path (not a glob) does not exist.
     """
+    return [run_dir for run_dir, _, _ in _find(path_or_glob, settings=settings)]
+
+
+# a run found: its directory, its run.lock and the lock's stamp (one stat for both)
+_Found = tuple[str, str, Stamp]
+
+
+def _find(
+    path_or_glob: PathLike | Sequence[PathLike] | None = None, *, settings: Settings
+) -> list[_Found]:
     if path_or_glob is None:
         tops = [str(settings.results_path)]
     elif isinstance(path_or_glob, (str, os.PathLike)):
         tops = _expand(path_or_glob)
     else:
         tops = [t for p in path_or_glob for t in _expand(p)]
-    found: list[str] = []
+    found: list[_Found] = []
     seen: set[str] = set()
     for top in tops:
-        if os.path.isfile(os.path.join(top, LOCK)):
-            _add(top, found, seen)
+        lock = os.path.join(top, LOCK)
+        stamp = _lock_stamp(lock)
+        if stamp is not None:
+            _add((top, lock, stamp), found, seen)
         else:
             _walk(top, found, seen)
     return found
+
+
+def _lock_stamp(lock: str) -> Stamp | None:
+    """The stamp of a run.lock that is a file (following links), else None."""
+    try:
+        st = os.stat(lock)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    return lock_stamp(st) if stat_module.S_ISREG(st.st_mode) else None
 
 
 def _expand(path: PathLike) -> list[str]:
@@ -120,47 +147,78 @@ def _expand(path: PathLike) -> list[str]:
     raise RunNotFoundError(msg)
 
 
-def _add(run_dir: str, found: list[str], seen: set[str], real: str | None = None) -> None:
-    real = real or os.path.realpath(run_dir)
+def _add(run: _Found, found: list[_Found], seen: set[str], real: str | None = None) -> None:
+    real = real or os.path.realpath(run[0])
     if real not in seen:
         seen.add(real)
-        found.append(run_dir)
+        found.append(run)
 
 
 # MLflow's artifact stores (the default one lives under results/) hold copies of run.lock
 _NOT_RUNS = frozenset({"mlartifacts", "mlruns"})
 
 
-def _walk(top: str, found: list[str], seen: set[str], real: str | None = None) -> None:
-    """Collect run directories below ``top``; ``real`` is its resolved path when known."""
+def _walk(top: str, found: list[_Found], seen: set[str], real: str | None = None) -> None:
+    """Collect the runs below ``top``; ``real`` is its resolved path when known."""
     try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
+        entries = list(os.scandir(top))
     except OSError:
         return
     real = real or os.path.realpath(top)
-    subdirs: list[tuple[str, str]] = []
-    for entry in entries:
-        if entry.name == LOCK and entry.is_file():
-            _add(top, found, seen, real)
-            return  # never walk the inside of a run directory
-        if entry.name.startswith(".") or (entry.name == LATEST and entry.is_symlink()):
-            continue
-        if entry.name in _NOT_RUNS:
-            continue
-        if entry.is_dir():
-            # realpath only across symlinks (a run linked from a store): it costs a syscall
-            # per path component
-            link = entry.is_symlink()
-            sub_real = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
-            subdirs.append((entry.path, sub_real))
+    lock = os.path.join(top, LOCK)
+    stamp = _lock_stamp(lock) if any(e.name == LOCK for e in entries) else None
+    if stamp is not None:
+        _add((top, lock, stamp), found, seen, real)
+        return  # never walk the inside of a run directory
     if real in seen:
         return  # a symlink loop
     seen.add(real)
-    for sub, sub_real in subdirs:
-        if os.path.isfile(os.path.join(sub, LOCK)):
-            _add(sub, found, seen, sub_real)  # a run: one stat, no listing of its files
-        else:
-            _walk(sub, found, seen, sub_real)
+    names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    # realpath only across symlinks (a run linked from a store): it costs a syscall per
+    # path component
+    links = {e.name: os.path.realpath(e.path) for e in entries if _linked_dir(e)}
+    if links:
+        names = sorted([*names, *links])
+    subdirs = [
+        (name, links.get(name) or f"{real}{os.sep}{name}")
+        for name in names
+        if name[:1] != "." and name not in _NOT_RUNS
+    ]
+    _runs_or_walk(top, subdirs, found, seen)
+
+
+def _linked_dir(entry: os.DirEntry[str]) -> bool:
+    """A symbolic link to a directory, but a stage's ``latest`` link."""
+    return entry.is_symlink() and entry.name != LATEST and entry.is_dir()
+
+
+def _runs_or_walk(
+    top: str, subdirs: list[tuple[str, str]], found: list[_Found], seen: set[str]
+) -> None:
+    """Each subdirectory of ``top`` is a run (one stat of its run.lock, no listing of its
+    files) or is walked. The stats are relative to ``top``: 100,000 of them are the
+    bulk of a listing of unchanged runs."""
+    try:
+        fd = os.open(top, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    stat = functools.partial(os.stat, dir_fd=fd)
+    relative_lock = os.sep + LOCK
+    prefix = top + os.sep
+    try:
+        for name, sub_real in subdirs:
+            try:
+                st = stat(name + relative_lock)
+            except (OSError, ValueError):  # ValueError: a NUL in the name
+                st = None
+            if st is None or st.st_mode & 0o170000 != stat_module.S_IFREG:
+                _walk(prefix + name, found, seen, sub_real)
+            elif sub_real not in seen:
+                seen.add(sub_real)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                found.append((prefix + name, prefix + name + relative_lock, stamp))
+    finally:
+        os.close(fd)
 
 
 def _index(settings: Settings) -> RunIndex:
@@ -168,44 +226,140 @@ def _index(settings: Settings) -> RunIndex:
     return RunIndex(results / ".xpkit" / "runs.marshal" if results.is_dir() else None)
 
 
+class _Store:
+    """The table a collection's rows index, and the :class:`Run` of each row, made when
+    first asked for (shared by a collection and those derived from it)."""
+
+    def __init__(
+        self,
+        table: HeadTable,
+        dirs: Iterable[tuple[int, str]],
+        heads: Callable[[int], RunLock | None],
+        *,
+        pending: list[Run] | None = None,
+    ) -> None:
+        self.table = table
+        self._dir_pairs = dirs
+        self._dirs: dict[int, str] | None = None
+        self._heads = heads
+        self._runs: dict[int, Run] = dict(enumerate(pending or ()))
+        self._pending = pending
+
+    @classmethod
+    def of_runs(cls, runs: list[Run]) -> _Store:
+        """A store of given runs, their records made when the table is first used."""
+        dirs = [(i, str(run.dir)) for i, run in enumerate(runs)]
+        return cls(HeadTable(), dirs, lambda row: None, pending=runs)
+
+    def dir(self, row: int) -> str:
+        """The run directory of a row."""
+        if self._dirs is None:
+            self._dirs = dict(self._dir_pairs)
+        return self._dirs[row]
+
+    def ready(self) -> HeadTable:
+        """The table, once the records of given runs are in it."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            for run in pending:
+                self.table.append(run_record(run), data_hashes(run._brief))
+        return self.table
+
+    def run(self, row: int) -> Run:
+        run = self._runs.get(row)
+        if run is None:
+            run = self._runs[row] = Run(self.dir(row), _head=self._heads(row))
+        return run
+
+    def column(self, key: str, rows: Sequence[int]) -> list[Any]:
+        """The values of ``key`` in ``rows`` (``ABSENT`` where a run has none)."""
+        return take(self.ready().column(key), rows)
+
+    def live(self, rows: Sequence[int]) -> None:
+        """Record ``status`` and ``duration_s`` as ``Run`` reads them, for running rows: a
+        dead process's run is ``interrupted``, a live one's duration is its age."""
+        table = self.ready()
+        status = table.column("status")
+        running = [r for r in rows if status[r] == "running"]
+        if not running:
+            return
+        status, duration = list(status), list(table.column("duration_s"))
+        for row in running:
+            run = self.run(row)
+            status[row], duration[row] = run.status, run.duration_s
+        columns = {**table.columns, "status": status, "duration_s": duration}
+        self.table = dataclasses.replace(table, columns=columns)
+
+
 class Runs(Sequence[Run]):
     """An ordered collection of runs: filter, sort, limit, iterate, or make a DataFrame.
 
     Each operation returns a new collection. ``skipped`` lists one message per run.lock
-    that could not be read (corrupt, truncated, foreign or from a newer xpkit).
+    that could not be read (corrupt, truncated, foreign or from a newer xpkit). A
+    collection keeps the runs' records as columns and makes a :class:`Run` only for the
+    runs asked for.
     """
 
-    def __init__(self, items: Iterable[Run], *, skipped: Sequence[str] = ()) -> None:
-        self._runs = list(items)
+    def __init__(self, items: Iterable[Run] = (), *, skipped: Sequence[str] = ()) -> None:
+        runs = list(items)
+        self._store = _Store.of_runs(runs)
+        self._rows = list(range(len(runs)))
         self.skipped = list(skipped)
-        self._records: dict[Run, dict[str, Any]] = {}
 
     @classmethod
     def load(cls, run_dirs: Iterable[str], *, settings: Settings | None = None) -> Runs:
         """Read the run.lock head of each directory; unreadable ones go to ``skipped``."""
-        index = _index(settings or load_settings())
-        found: list[Run] = []
+        found: list[_Found] = []
         skipped: list[str] = []
         for run_dir in run_dirs:
+            lock = os.path.join(run_dir, LOCK)
             try:
-                head = index.head(os.path.join(run_dir, LOCK))
-            except LockError as e:
-                skipped.append(str(e))
-                continue
-            found.append(Run(run_dir, _head=head))
-        index.save()
-        return cls(found, skipped=skipped)
+                found.append((run_dir, lock, lock_stamp(os.stat(lock))))
+            except OSError as e:
+                skipped.append(f"{lock}: cannot read run.lock ({e.strerror})")
+        loaded = cls._of(found, settings=settings or load_settings())
+        loaded.skipped[:0] = skipped
+        return loaded
 
-    def _derive(self, items: Iterable[Run]) -> Runs:
-        out = Runs(items, skipped=self.skipped)
-        out._records = self._records
+    @classmethod
+    def find(
+        cls, path_or_glob: PathLike | Sequence[PathLike] | None = None, *, settings: Settings
+    ) -> Runs:
+        """The runs at or below each path or glob (as :func:`find_run_dirs`), unsorted.
+
+        Raises:
+            RunNotFoundError: a path (not a glob) does not exist.
+        """
+        return cls._of(_find(path_or_glob, settings=settings), settings=settings)
+
+    @classmethod
+    def _of(cls, found: list[_Found], *, settings: Settings) -> Runs:
+        """The runs found, their heads from the run index."""
+        index = _index(settings)
+        rows, skipped = index.lookup([lock for _, lock, _ in found], [s for _, _, s in found])
+        index.save()
+        dirs = [run_dir for run_dir, _, _ in found]
+        if skipped:
+            kept = [i for i, row in enumerate(rows) if row >= 0]
+            rows, dirs = take(rows, kept), take(dirs, kept)
+        store = _Store(index.table, zip(rows, dirs, strict=True), index.head_of)
+        store.live(rows)
+        return cls._view(store, rows, skipped)
+
+    @classmethod
+    def _view(cls, store: _Store, rows: list[int], skipped: Sequence[str]) -> Runs:
+        out = cls.__new__(cls)
+        out._store, out._rows, out.skipped = store, rows, list(skipped)
         return out
 
+    def _derive(self, rows: list[int]) -> Runs:
+        return Runs._view(self._store, rows, self.skipped)
+
     def __len__(self) -> int:
-        return len(self._runs)
+        return len(self._rows)
 
     def __iter__(self) -> Iterator[Run]:
-        return iter(self._runs)
+        return map(self._store.run, self._rows)
 
     @overload
     def __getitem__(self, i: int) -> Run: ...
@@ -215,22 +369,41 @@ class Runs(Sequence[Run]):
 
     def __getitem__(self, i: int | slice) -> Run | Runs:
         if isinstance(i, slice):
-            return self._derive(self._runs[i])
-        return self._runs[i]
+            return self._derive(self._rows[i])
+        return self._store.run(self._rows[i])
 
     def __repr__(self) -> str:
         return f"<Runs: {len(self)} runs>"
 
     def record(self, run: Run) -> dict[str, Any]:
-        """The flat record of ``run`` (see :func:`run_record`), computed once."""
-        rec = self._records.get(run)
-        if rec is None:
-            rec = self._records[run] = run_record(run)
-        return rec
+        """The flat record of ``run`` (see :func:`run_record`)."""
+        if self._row_map is None:
+            dirs = (os.path.abspath(self._store.dir(r)) for r in self._rows)
+            self._row_map = dict(zip(map(Path, dirs), self._rows, strict=True))
+        row = self._row_map.get(run.dir)
+        return run_record(run) if row is None else self._store.ready().record(row)
+
+    _row_map: dict[Path, int] | None = None
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per run, as ``xp ls --format json`` prints them."""
-        return [self.record(r) for r in self._runs]
+        return self._store.ready().records(self._rows)
+
+    def _values(self, key: str) -> list[Any]:
+        """The values of one record key, one per run (``ABSENT`` where a run has none);
+        the list is shared: never change it."""
+        if self._columns is None:
+            self._columns = {}
+            self._order = _order_of(self._rows, len(self._store.ready()))
+        values = self._columns.get(key)
+        if values is None:
+            column = self._store.ready().column(key)
+            values = column[self._order] if self._order else take(column, self._rows)
+            self._columns[key] = values
+        return values
+
+    _columns: dict[str, list[Any]] | None = None
+    _order: slice | None = None
 
     def where(self, test: str | Callable[[Run], bool]) -> Runs:
         """The runs for which ``test`` (an expression or a predicate) holds.
@@ -240,8 +413,9 @@ class Runs(Sequence[Run]):
         """
         if isinstance(test, str):
             check = compile_where(test, self._keys())
-            return self._derive(r for r in self._runs if check(self.record(r)))
-        return self._derive(r for r in self._runs if test(r))
+            mask = check.mask(self._values, len(self._rows))
+            return self._derive(list(itertools.compress(self._rows, mask)))
+        return self._derive([row for row, run in zip(self._rows, self, strict=True) if test(run)])
 
     def sort(self, key: str | Callable[[Run], Any] = "-started", *, reverse: bool = False) -> Runs:
         """Sorted by a field (``-`` first for descending) or a key function; missing last.
@@ -250,8 +424,19 @@ class Runs(Sequence[Run]):
             ExpressionError: ``key`` is not a known field.
         """
         if callable(key):
-            return self._derive(sorted(self._runs, key=key, reverse=reverse))
+            pairs = sorted(
+                zip(self, self._rows, strict=True), key=lambda p: key(p[0]), reverse=reverse
+            )
+            return self._derive([row for _, row in pairs])
         descending = key.startswith("-") != reverse
+        name = self._sort_field(key)
+        values = _sort_values(self._values(name), name)
+        present = [i for i, v in enumerate(values) if v is not None]
+        present.sort(key=values.__getitem__, reverse=descending)
+        missing = [i for i, v in enumerate(values) if v is None]
+        return self._derive(take(self._rows, present + missing))
+
+    def _sort_field(self, key: str) -> str:
         keys = self._keys()
         name = resolve_field(key.lstrip("-"), keys) or key.lstrip("-")
         if name not in FIELDS and not name.startswith(("config.", "metrics.")):
@@ -265,43 +450,47 @@ class Runs(Sequence[Run]):
         if keys and not known_field(name, keys):
             msg = f"bad sort key {key!r}: {unknown_key(name, keys)}"
             raise ExpressionError(msg)
-        values = [(self._sort_value(r, name), r) for r in self._runs]
-        present = [(v, r) for v, r in values if v is not None]
-        present.sort(key=lambda pair: pair[0], reverse=descending)
-        missing = [r for v, r in values if v is None]
-        return self._derive([r for _, r in present] + missing)
-
-    def _sort_value(self, run: Run, name: str) -> tuple[int, float, str] | None:
-        if name == "started":
-            started = run.started
-            return None if started is None else (0, started.timestamp(), "")
-        value = self.record(run).get(name)
-        if value is None:
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (0, float(value), "")
-        return (1, 0.0, str(value))
+        return name
 
     def _keys(self) -> set[str]:
         """Every record key of these runs (for ``lr`` to stand for ``config.lr``)."""
-        return set().union(*map(self.record, self._runs))
+        return self._store.ready().keys(self._rows)
 
     def limit(self, n: int) -> Runs:
         """The first ``n`` runs."""
-        return self._derive(self._runs[: max(n, 0)])
+        return self._derive(self._rows[: max(n, 0)])
+
+    def _key_order(self) -> list[str]:
+        """Every record key of these runs, in the order the records first have them."""
+        table = self._store.ready()
+        shapes = dict.fromkeys(take(table.shape, self._rows))
+        return list(dict.fromkeys(k for s in shapes for k in table.shapes[s]))
+
+    def _with_data(self) -> bool:
+        """Whether any of these runs tracks data."""
+        return any(take(self._store.ready().data, self._rows))
 
     def data_changed(self) -> set[Run]:
         """Runs whose data hashes differ from those of the previous run of the same stage."""
-        by_stage: dict[str, list[Run]] = {}
-        for run in self._runs:
-            by_stage.setdefault(run.stage, []).append(run)
-        changed: set[Run] = set()
+        return {self._store.run(row) for row in self._data_changed_rows()}
+
+    def _data_changed_rows(self) -> set[int]:
+        table = self._store.ready()
+        hashes = take(table.data, self._rows)
+        if not any(hashes):
+            return set()
+        stages = self._values("stage")
+        started = _sort_values(self._values("started"), "started")
+        by_stage: dict[str, list[int]] = {}
+        for i, stage in enumerate(stages):
+            by_stage.setdefault(stage, []).append(i)
+        changed: set[int] = set()
         for group in by_stage.values():
-            group.sort(key=lambda r: self._sort_value(r, "started") or (0, 0.0, ""))
+            group.sort(key=lambda i: started[i] or 0.0)
             for before, after in itertools.pairwise(group):
-                a, b = _data_hashes(before), _data_hashes(after)
+                a, b = hashes[before], hashes[after]
                 if a and b and a != b:
-                    changed.add(after)
+                    changed.add(self._rows[after])
         return changed
 
     def to_pandas(self) -> pandas.DataFrame:
@@ -313,60 +502,95 @@ class Runs(Sequence[Run]):
             import pandas as pd
         except ImportError:
             raise missing_extra("pandas", "pandas") from None
-        records = self.records()
-        columns = list(BASE_COLUMNS)
-        known = set(columns)
-        for rec in records:
-            for key in rec:
-                if key not in known:
-                    known.add(key)
-                    columns.append(key)
-        frame = pd.DataFrame.from_records(records, columns=columns)
+        names = dict.fromkeys([*BASE_COLUMNS, *self._key_order()])
+        data = {name: _frame_column(self._values(name)) for name in names}
+        frame = pd.DataFrame({name: column for name, (column, _) in data.items()})
         frame["started"] = pd.to_datetime(frame["started"], utc=True, format="ISO8601")
-        for name in columns[len(BASE_COLUMNS) :]:
-            kind = _nullable_kind([rec.get(name) for rec in records])
+        for name in list(names)[len(BASE_COLUMNS) :]:
+            kind = data[name][1]
             if kind is not None:
                 frame[name] = frame[name].astype(kind)
         return frame
 
 
-def _nullable_kind(values: list[Any]) -> str | None:
-    """``Int64``/``boolean`` for ints/bools with gaps (pandas would make floats/objects)."""
-    present = [v for v in values if v is not None]
-    if len(present) == len(values) or not present:
+def _order_of(rows: list[int], n: int) -> slice | None:
+    """The slice of a table of ``n`` rows that ``rows`` are, when they are all of them in
+    order or in reverse (newest first of runs named by their start): a copy in C."""
+    if len(rows) != n or not rows:
         return None
-    if all(isinstance(v, bool) for v in present):
-        return "boolean"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return "Int64"
+    if rows[0] == 0 and rows == list(range(n)):
+        return slice(None)
+    if rows[0] == n - 1 and rows == list(range(n - 1, -1, -1)):
+        return slice(None, None, -1)
     return None
+
+
+def _sort_values(values: list[Any], name: str) -> list[Any]:
+    """Sort keys of a column: a number's value, a text after every number, None for none."""
+    if name == "started":
+        try:  # ISO dates, as xpkit writes them: at C speed
+            return list(map(dt.datetime.timestamp, map(dt.datetime.fromisoformat, values)))
+        except (TypeError, ValueError, OverflowError, OSError):
+            return list(map(_timestamp, values))
+    kinds = set(map(type, values)) - {type(None), type(ABSENT)}
+    if kinds <= {int, float}:
+        return [None if v is None or v is ABSENT else v for v in values]
+    return list(map(_sort_value, values))
+
+
+def _sort_value(value: Any) -> tuple[int, float, str] | None:
+    if value is None or value is ABSENT:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _timestamp(value: Any) -> float | None:
+    """When a run started, as ``Run.started`` reads it (None when not a date)."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _frame_column(values: list[Any]) -> tuple[Any, str | None]:
+    """A column for pandas, as ``DataFrame.from_records`` would make it from records (a key
+    a run does not have is NaN), and the nullable dtype it takes: ``Int64``/``boolean`` for
+    ints/bools with gaps (pandas would make floats/objects). Whole columns of ints or floats
+    go to numpy at once."""
+    import numpy as np
+
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        try:
+            return np.array(values, dtype=np.int64), None
+        except OverflowError:
+            return values, None
+    if kinds == {float}:
+        return np.array(values, dtype=np.float64), None
+    gaps = kinds & {type(None), type(ABSENT)}
+    column = [math.nan if v is ABSENT else v for v in values] if type(ABSENT) in gaps else values
+    present = kinds - gaps
+    if not gaps or not present:
+        return column, None
+    if present == {bool}:
+        return column, "boolean"
+    if present == {int}:
+        return column, "Int64"
+    return column, None
 
 
 def run_record(run: Run) -> dict[str, Any]:
     """A run as one flat mapping: ``id, stage, dir, status, started, duration_s, commit``,
     then ``config.<dotted.key>`` and ``metrics.<name>``."""
-    lock = run._brief
-    record: dict[str, Any] = {
-        "id": lock.id,
-        "stage": lock.stage,
-        "dir": lock.dir,
-        "status": run.status,
-        "started": lock.started or None,
-        "duration_s": run.duration_s,
-        "commit": run.commit,
-    }
-    sweep = lock.extra.get("sweep")
-    if isinstance(sweep, Mapping) and "id" in sweep:  # a point of a grid: "<sweep id> k/n"
-        record["sweep"] = f"{sweep['id']} {int(sweep.get('point', 0)) + 1}/{sweep.get('total')}"
-    flatten(lock.config, "config.", into=record)
-    for name, value in (lock.metrics or {}).items():
-        record[f"metrics.{name}"] = value
+    record = head_record(run._brief)
+    record.update(status=run.status, duration_s=run.duration_s)
     return record
-
-
-def _data_hashes(run: Run) -> dict[str, Any]:
-    data = run._brief.data or {}
-    return {k: v.get("hash") if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
 def resolve_run(spec: PathLike | Run, *, settings: Settings | None = None) -> Run:
@@ -428,17 +652,11 @@ def _runs_of(spec: PathLike | Run, settings: Settings) -> list[Run]:
 def _by_id(prefix: str, settings: Settings) -> Run:
     matches: list[Run] = []
     if "/" not in prefix and os.sep not in prefix:
-        index = _index(settings)
-        for run_dir in find_run_dirs(None, settings=settings):
-            try:
-                head = index.head(os.path.join(run_dir, LOCK))
-            except LockError:
-                continue
-            if head.id == prefix:
-                return Run(run_dir, _head=head)
-            if head.id.startswith(prefix):
-                matches.append(Run(run_dir, _head=head))
-        index.save()
+        found = Runs._of(_find(None, settings=settings), settings=settings)
+        ids = found._values("id")
+        if prefix in ids:
+            return found[ids.index(prefix)]
+        matches = [found[i] for i, run_id in enumerate(ids) if run_id.startswith(prefix)]
     if len(matches) == 1:
         return matches[0]
     if matches:

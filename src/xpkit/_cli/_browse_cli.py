@@ -1,4 +1,5 @@
-"""``xp ls``, ``xp show``, ``xp diff`` and ``xp lineage``: browsing runs from the shell.
+"""``xp show``, ``xp diff`` and ``xp lineage`` (and the output of ``xp ls``): browsing runs
+from the shell.
 
 Output is a rich table/tree with colours on a terminal (or with ``FORCE_COLOR`` set), plain
 aligned text when piped (``NO_COLOR`` forces it); rich is imported only in the first case.
@@ -7,21 +8,19 @@ aligned text when piped (``NO_COLOR`` forces it); rich is imported only in the f
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
+import itertools
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .._catalog._run import Run
-from .._catalog._runs import Runs, find_run_dirs, resolve_run
+from .._catalog._runs import resolve_run
 from .._core._config import flatten
 from .._core._progress import duration_text
-from .._core._settings import load_settings
 from .._record._diff import (
     MISSING,
     Change,
@@ -33,7 +32,7 @@ from .._record._diff import (
 )
 from .._record._lineage import LineageNode, lineage, upstream_changes
 
-__all__ = ["diff_command", "lineage_command", "ls_command", "show_command"]
+__all__ = ["diff_command", "lineage_command", "show_command"]
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -70,20 +69,21 @@ class _Out:
 
     def table(
         self,
-        headers: Sequence[str],
-        rows: Sequence[Sequence[str]],
+        columns: Sequence[Column],
         *,
         styles: Sequence[Callable[[str], str | None] | None] = (),
     ) -> None:
+        """Columns of cells under their headers."""
         if self.console is None:
-            sys.stdout.write(_plain_table(headers, rows))
+            for text in _plain_table(columns):
+                sys.stdout.write(text)
             return
         from rich.table import Table
 
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for header in headers:
-            table.add_column(header, no_wrap=True, overflow="fold")
-        for row in rows:
+        for column in columns:
+            table.add_column(column.header, no_wrap=True, overflow="fold")
+        for row in zip(*(c.cells for c in columns), strict=True):
             cells = []
             for i, cell in enumerate(row):
                 pick = styles[i] if i < len(styles) else None
@@ -105,13 +105,33 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for i, column in enumerate(zip(*rows, strict=True)) if rows else ():
-        widths[i] = max(widths[i], max(map(len, column)))
-    # one format call per row pads every cell in C (100,000 rows x 50 columns: ~5x faster)
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "".join(line.format(*r).rstrip() + "\n" for r in [headers, *rows])
+@dataclass(frozen=True)
+class Column:
+    """A column of a table: its header and cells; ``width`` when every cell is already
+    padded to it (a plain table pads the others)."""
+
+    header: str
+    cells: Sequence[str]
+    width: int | None = None
+
+
+def _plain_table(columns: Sequence[Column], *, rows_at_once: int = 4096) -> Iterator[str]:
+    """Aligned columns, two spaces apart, no trailing spaces: the text of a few thousand
+    lines at a time (the lines of 100,000 runs at once would take memory)."""
+    parts = [_padded(c) for c in columns[:-1]]
+    parts.append([columns[-1].header, *columns[-1].cells])
+    lines = map(str.rstrip, map("  ".join, zip(*parts, strict=True)))
+    while chunk := list(itertools.islice(lines, rows_at_once)):
+        yield "\n".join(chunk) + "\n"
+
+
+def _padded(column: Column) -> list[str]:
+    """The header and cells of ``column``, each padded to the column's width."""
+    width, cells = column.width, column.cells
+    if width is None:
+        width = max([len(column.header), *map(len, cells)])
+        cells = [c.ljust(width) for c in cells]
+    return [column.header.ljust(width), *cells]
 
 
 def _status_style(status: str) -> str | None:
@@ -160,169 +180,6 @@ def _size(n_bytes: Any) -> str:
 
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"xp {name}", description=description)
-
-
-# -- xp ls --------------------------------------------------------------------------------
-
-
-def ls_command(argv: list[str]) -> int:
-    """``xp ls [PATH...] [--where EXPR] [--sort KEY] [--limit N] [--format table|csv|json]``."""
-    p = _parser("ls", "List runs, newest first, with the config keys that vary and metrics.")
-    p.epilog = (
-        "EXPR compares fields (config.KEY, metrics.NAME, id, stage, status, dir, started, "
-        "duration_s, commit; KEY or NAME alone when unambiguous, as the table heads them) "
-        "with == != < <= > >= (two numbers compare as numbers), "
-        "combined with and, or, not and parentheses; strings may be quoted or bare. "
-        "Example: xp ls --where 'config.lr > 0.01 and status == completed' --sort -metrics.acc"
-    )
-    p.add_argument("paths", nargs="*", metavar="PATH", help="run dirs, dirs of runs or globs")
-    p.add_argument(
-        "-w", "--where", metavar="EXPR", help="e.g. 'config.lr > 0.01 and status == completed'"
-    )
-    p.add_argument(
-        "-s", "--sort", metavar="KEY", default="-started", help="field, '-' first for descending"
-    )
-    p.add_argument("-n", "--limit", metavar="N", type=int, help="show at most N runs")
-    p.add_argument("-f", "--format", choices=("table", "csv", "json"), default="table")
-    args = p.parse_args(_glue_sort(argv))
-    settings = load_settings()
-    found = Runs.load(find_run_dirs(args.paths or None, settings=settings), settings=settings)
-    here = os.getcwd() + os.sep
-    for message in found.skipped:
-        shown_message = message[len(here) :] if message.startswith(here) else message
-        print(f"xp ls: warning: skipped {shown_message}", file=sys.stderr)
-    shown = found.where(args.where) if args.where else found
-    shown = shown.sort(args.sort)
-    if args.limit is not None:
-        shown = shown.limit(args.limit)
-    if args.format == "json":
-        records = [{k: _json_value(v) for k, v in r.items()} for r in shown.records()]
-        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
-    elif args.format == "csv":
-        sys.stdout.write(_csv(shown.records()))
-    else:
-        _ls_table(shown, found.data_changed(), _Out())
-    return 0
-
-
-def _glue_sort(argv: list[str]) -> list[str]:
-    """Let ``--sort -metrics.acc`` through (argparse takes ``-metrics.acc`` for an option)."""
-    out: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-s", "--sort"):
-            value = next(args, None)
-            out.append(arg if value is None else f"--sort={value}")
-        else:
-            out.append(arg)
-    return out
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/Infinity
-    return value
-
-
-def _csv(records: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for rec in records:
-        writer.writerow(["" if rec.get(c) is None else _cell(rec.get(c)) for c in columns])
-    return buf.getvalue()
-
-
-def varying_keys(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """``config.*`` keys whose value differs between runs of the same stage (``save_dir`` out)."""
-    by_stage: dict[Any, list[Mapping[str, Any]]] = {}
-    keys: dict[str, None] = {}
-    for rec in records:
-        by_stage.setdefault(rec.get("stage"), []).append(rec)
-        keys.update(dict.fromkeys(rec))
-    keys.pop("config.save_dir", None)
-    config = [k for k in keys if k.startswith("config.")]
-    return [k for k in config if any(_varies(k, group) for group in by_stage.values())]
-
-
-def _varies(key: str, group: list[Mapping[str, Any]]) -> bool:
-    first = group[0].get(key, MISSING)
-    kind = type(first)
-    for rec in group[1:]:
-        value = rec.get(key, MISSING)
-        if value is first or (type(value) is kind and kind in _PLAIN and value == first):
-            continue  # the common case, without building comparables
-        if _comparable(value) != _comparable(first):
-            return True
-    return False
-
-
-_PLAIN = frozenset({str, int, float})
-
-
-def _comparable(value: Any) -> Any:
-    """A value that compares equal only to the same value of the same type (1 != 1.0 != True)."""
-    if isinstance(value, (list, dict)):
-        return ("json", json.dumps(value, sort_keys=True, default=repr))
-    return (type(value).__name__, value)
-
-
-def _ls_table(shown: Runs, changed: set[Run], out: _Out) -> None:
-    records = shown.records()
-    config = varying_keys(records)
-    seen = dict.fromkeys(k for rec in records for k in rec) if records else {}
-    metrics = [k for k in seen if k.startswith("metrics.")]
-    with_data = any(r._brief.data for r in shown)
-    with_sweep = "sweep" in seen
-    headers = ["id", "stage", "status", "started", "duration"]
-    headers += ["sweep"] if with_sweep else []
-    headers += ["data"] if with_data else []
-    headers += [*_short_names(config + metrics), "commit"]
-    columns = [
-        [rec["id"] for rec in records],
-        [rec["stage"] for rec in records],
-        [rec["status"] for rec in records],
-        [_when(rec["started"]) for rec in records],
-        [duration_text(rec["duration_s"]) for rec in records],
-    ]
-    if with_sweep:
-        columns.append([_sweep_cell(rec.get("sweep")) for rec in records])
-    if with_data:
-        columns.append(["*" if run in changed else "" for run in shown])
-    columns += [_cells([rec.get(k) for rec in records]) for k in config + metrics]
-    columns.append([(rec["commit"] or "")[:7] for rec in records])
-    rows = list(zip(*columns, strict=True))
-    styles: list[Callable[[str], str | None] | None] = [lambda _: "cyan", None, _status_style]
-    styles += [None] * (len(headers) - 3)
-    if not rows:
-        print("no runs found", file=sys.stderr)
-        return
-    out.table(headers, rows, styles=styles)
-
-
-def _cells(values: list[Any]) -> list[str]:
-    """A column's cells, as :func:`_cell` writes them; whole columns of ints or strings
-    at C speed."""
-    kinds = set(map(type, values))
-    if kinds <= {int, str}:
-        return list(map(str, values))
-    return [_cell(v) for v in values]
-
-
-def _sweep_cell(sweep: str | None) -> str:
-    """``"<sweep id> k/n"`` shortened to the id's first 6 digits, as ``xp ls`` shows ids."""
-    if not sweep:
-        return ""
-    sweep_id, _, point = sweep.partition(" ")
-    return f"{sweep_id[:6]} {point}"
-
-
-def _short_names(keys: list[str]) -> list[str]:
-    """``config.lr`` -> ``lr`` and ``metrics.acc`` -> ``acc`` unless two would collide."""
-    short = [k.split(".", 1)[1] for k in keys]
-    clash = {s for s in short if short.count(s) > 1}
-    return [k if s in clash else s for k, s in zip(keys, short, strict=True)]
 
 
 # -- xp show ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_mlflow_cli:log_command",
         "sync runs into MLflow and re-apply stage loggers",
     ),
-    "ls": ("_browse_cli:ls_command", "list runs with varying config keys and metrics"),
+    "ls": ("_ls_cli:ls_command", "list runs with varying config keys and metrics"),
     "pull": (
         "_store_cli:pull_command",
         "bring a run's lineage (runs + code) from a store",

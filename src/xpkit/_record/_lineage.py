@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._catalog._head import read_head
 from .._catalog._run import Run
-from .._catalog._runindex import read_head
 from .._catalog._runs import resolve_run
 from .._core._paths import RunPaths, display_path
 from ..errors import LockError, RunNotFoundError, UpstreamError
