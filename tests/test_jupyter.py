@@ -460,6 +460,39 @@ def test_each_body_cell_of_the_pipeline_reruns_alone_after_a_run(
     assert len(runs(project, stage)) == made  # the guard did not start a run
 
 
+@pytest.mark.parametrize("form", ["as in the file", "dedented by VSCode"])
+def test_body_cells_run_as_sent_before_any_run(tmp_path: Path, form: str) -> None:
+    """A new kernel: the lines above the stage run as a selection, ``cfg`` made at the
+    prompt, then each cell of the body, with no ``xp.run`` yet: ``import xpkit`` alone makes
+    them run as sent; the last one's ``return`` shows as Out, its guard starts no run."""
+    project = git_project(shutil.copytree(EXAMPLES, tmp_path / "p"))
+    path = project / "prepare.py"
+    text = path.read_text()
+    k = vscode_kernel(project)
+    try:
+        k.execute(f"__file__ = {str(path)!r}", silent=True)
+        top = text.split("\n@xp.stage", 1)[0]
+        prompt = "\ncfg = Config()\ncfg.save_dir = 'scratch'\n_v.mkdir('scratch')\n"
+        reply = k.execute(top + prompt)
+        assert reply["status"] == "ok", k.output
+        cells = vscode_cells(text)
+        assert len(cells) >= 2
+        assert "\n    return " in cells[-1]
+        assert "\nif __name__" in cells[-1]
+        for cell in cells:
+            names = cell_locals(cell)
+            sent = cell if form == "as in the file" else vscode_dedent(cell)
+            reply = k.execute(sent, missing=missing(names))
+            assert reply["status"] == "ok", k.output
+            assert reply["values"]["missing"] == "[]", (cell, k.output)
+        assert k.results == ["{'rows': 400}"]  # Out[N] of the last cell
+        reply = k.execute("", n_test="n_test", made="_v.path.isdir('results')")
+        assert reply["values"] == {"n_test": "100", "made": "False"}, k.output  # no run
+        assert (project / "scratch" / "train.json").is_file()
+    finally:
+        k.close()
+
+
 def readme_example() -> str:
     """The README's first Python block: the stage script it teaches."""
     block = README.read_text().split("```python\n# prepare.py\n", 1)[1].split("```", 1)[0]

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ._api._stage import Stage, stage
@@ -93,3 +94,18 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def _body_cells_in_console() -> None:
+    """In IPython (Jupyter, VSCode), a cell of a stage's body runs as sent from the moment
+    xpkit is imported, not only once ``xp.run`` has run (:mod:`._api._cells`)."""
+    # looked up, not imported: a script or a worker never loads IPython for this
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = None if get_ipython is None else get_ipython()
+    if shell is not None and hasattr(shell, "input_transformers_cleanup"):
+        from ._api._console import enable_body_cells
+
+        enable_body_cells(shell)
+
+
+_body_cells_in_console()

@@ -1,10 +1,10 @@
 """The interactive console (IPython, Jupyter, VSCode) once ``xp.run`` has run in it.
 
 ``enable_console`` makes the loop of the user's request work in a kernel: body cells run as
-sent (:mod:`._cells`), project modules edited since the last cell are reloaded
-(:mod:`._reload`), and editing ``cfg`` at the prompt (``cfg.lr = 1`` on a float field) does
-not print OmegaConf's implicit-conversion warnings. ``no_locals_note`` says, in the line that
-hands a run back, why a run's locals are missing.
+sent (:mod:`._cells`; ``import xpkit`` in a kernel already does that much), project modules
+edited since the last cell are reloaded (:mod:`._reload`), and editing ``cfg`` at the prompt
+(``cfg.lr = 1`` on a float field) does not print OmegaConf's implicit-conversion warnings.
+``no_locals_note`` says, in the line that hands a run back, why a run's locals are missing.
 """
 
 from __future__ import annotations
