@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -370,3 +371,85 @@ def test_a_bad_override_is_one_line_and_makes_no_run(project: Path) -> None:
     assert "Traceback" not in done.stderr
     runs = [p for p in (project / "results" / "noisy").iterdir() if not p.is_symlink()]
     assert len(runs) == 1
+
+
+LIB_STAGE = """
+import dataclasses
+from pathlib import Path
+import xpkit as xp
+import labpkg
+
+@dataclasses.dataclass
+class Config:
+    n: int = 3
+
+@xp.stage()
+def main(cfg: Config):
+    Path(cfg.save_dir, "out.txt").write_text(labpkg.fmt(cfg.n))
+
+if __name__ == "__main__":
+    xp.run(main)
+"""
+
+LIB_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "labpkg"
+version = "0.1"
+
+[tool.setuptools]
+package-dir = {"labpkg" = "lib/labpkg"}
+packages = ["labpkg"]
+"""
+
+
+def test_a_package_installed_editable_reruns_from_the_snapshot(tmp_path: Path) -> None:
+    """A project package installed editable by setuptools, whose import finder maps its name
+    into the live tree (``lib/labpkg``), used by ``scripts/train.py``: after the package is
+    edited, ``xp rerun`` runs the snapshot's package, not the live one."""
+    project = tmp_path / "proj"
+    files = {
+        "pyproject.toml": LIB_PYPROJECT,
+        "lib/labpkg/__init__.py": "def fmt(n):\n    return f'v1 {n}'\n",
+        "scripts/train.py": LIB_STAGE,
+        ".gitignore": "results/\n*.egg-info/\n",
+    }
+    for name, text in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(textwrap.dedent(text))
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv}))
+    outer = sysconfig.get_path("purelib")  # xpkit's dependencies and setuptools
+    (site / "outer.pth").write_text(f"{SRC}\n{outer}\n")
+    python = str(venv / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
+    subprocess.run([*pip, "--no-build-isolation", "-e", project], check=True)
+    finders = [p.name for p in site.glob("__editable__*finder.py")]
+    assert finders, "setuptools installed the package through a .pth path, not its finder"
+
+    env = {**os.environ, "XPKIT_TRACKING": "0"}
+    env.pop("XPKIT_ROOT", None)
+    env.pop("PYTHONPATH", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    done = run("scripts/train.py")
+    assert done.returncode == 0, done.stderr
+    first = (project / "results/train/latest").resolve()
+    assert (first / "out.txt").read_text() == "v1 3"
+    (project / "lib/labpkg/__init__.py").write_text("def fmt(n):\n    return f'v2 {n}'\n")
+    assert run("scripts/train.py").returncode == 0
+    assert (project / "results/train/latest/out.txt").read_text() == "v2 3"  # live: edited
+    done = run("-m", "xpkit", "rerun", str(first))
+    assert done.returncode == 0, done.stderr
+    assert (project / "results/train/latest/out.txt").read_text() == "v1 3"  # the snapshot's

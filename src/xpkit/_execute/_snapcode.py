@@ -3,18 +3,24 @@
 A worker of a map or sweep, and the process of ``xp rerun``, call :func:`use_tree` before
 they load the stage: every ``sys.path`` entry inside the live project (the working
 directory, the script's directory, a ``src/`` folder) is pointed at the same place in the
-tree, and the project's modules already imported from elsewhere (the live tree, another
-tree: a reused worker process) are forgotten, so that the next import reads the snapshot.
-xpkit's own modules and installed packages are left alone.
+tree, a package of the project installed editable through setuptools' import finder (which
+maps its name to its folder in the live project) is found at the same place in the tree,
+and the project's modules already imported from elsewhere (the live tree, another tree: a
+reused worker process) are forgotten, so that the next import reads the snapshot. xpkit's
+own modules and installed packages are left alone.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from importlib.machinery import ModuleSpec, all_suffixes
+from importlib.util import spec_from_file_location
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .._core._paths import PACKAGE_DIR
@@ -35,6 +41,10 @@ def use_tree(tree: CodeTree) -> None:
     sys.path[:] = list(dict.fromkeys(_mapped(entry, tree) for entry in sys.path))
     if str(tree.dir) not in sys.path:
         sys.path.insert(0, str(tree.dir))
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TreeFinder)]
+    places = _editable_places(tree)
+    if places:
+        sys.meta_path.insert(0, _TreeFinder(places))
     for name in _stale_modules(tree):
         del sys.modules[name]
     importlib.invalidate_caches()
@@ -67,6 +77,43 @@ def _mapped(entry: str, tree: CodeTree) -> str:
     else:
         inside = tree.tree_path(path)
     return str(inside) if inside is not None and inside.is_dir() else entry
+
+
+class _TreeFinder(importlib.abc.MetaPathFinder):
+    """The project's packages that an editable install maps into the live project, found at
+    the same place in the tree (ahead of the install's own finder)."""
+
+    def __init__(self, places: Mapping[str, Path]) -> None:
+        self.places = dict(places)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        place = self.places.get(fullname)
+        if place is None:
+            return None
+        for candidate in [place / "__init__.py", *map(place.with_suffix, all_suffixes())]:
+            if candidate.is_file():
+                return spec_from_file_location(fullname, candidate)
+        return None  # not in the snapshot: the install's finder decides
+
+
+def _editable_places(tree: CodeTree) -> dict[str, Path]:
+    """``{top-level name: its place in the tree}`` for the names that setuptools' editable
+    finders (``__editable___*_finder``: a ``MAPPING`` of name to folder) send into the live
+    project."""
+    places: dict[str, Path] = {}
+    for finder in sys.meta_path:
+        module_name = getattr(finder, "__module__", None)
+        module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+        mapping = getattr(module, "MAPPING", None)
+        if isinstance(finder, _TreeFinder) or not isinstance(mapping, dict):
+            continue
+        for name, folder in mapping.items():
+            inside = tree.tree_path(folder) if isinstance(folder, str) else None
+            if isinstance(name, str) and inside is not None:
+                places.setdefault(name, inside)
+    return places
 
 
 def _installed(path: Path) -> bool:
