@@ -323,3 +323,66 @@ def test_map_over_max_array_size_is_split_and_polled_in_one_call(project: Path) 
     assert ok_counts(run) == dict.fromkeys(range(n), 1)
     assert load_lock(run).status == "completed"
     assert f"jobs   {n} array tasks in 3 array(s): " in waited.stdout  # summed, not listed
+
+
+def test_a_refused_array_cancels_the_accepted_ones_and_a_resume_runs_each_task_once(
+    project: Path,
+) -> None:
+    """The cluster accepts the first array and refuses the second (as when ``MaxJobCount``
+    is reached): one line naming the refusal, the accepted array cancelled before any of
+    its tasks ran, the run failed with that error; ``--resume`` then runs every task once."""
+    limit = max_array_size()
+    if limit > 32:
+        message = f"the cluster's MaxArraySize is {limit}: start it with SLURM_CI_MAX_ARRAY_SIZE=8"
+        if os.environ.get("XPKIT_TEST_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    n = 2 * limit + 1
+    gate = project / "gate"
+    write_tasks(project, n, 0.0, gate=gate)
+    shimmed, log = _shim(project, ("scancel",))
+    real = shutil.which("sbatch")
+    refusal = "sbatch: error: Batch job submission failed: Resource temporarily unavailable"
+    sbatch = project / "shims" / "sbatch"
+    sbatch.write_text(
+        "#!/bin/sh\n"
+        f'echo "sbatch $*" >> {log}\n'
+        f'if [ "$(grep -c ^sbatch {log})" = 2 ]; then echo "{refusal}" >&2; exit 1; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    sbatch.chmod(0o755)
+    args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", f"chunks={n}"]
+    submitted = subprocess.run(
+        [sys.executable, "job.py", *args],
+        cwd=project,
+        env=shimmed,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submitted.returncode == 1
+    (line,) = submitted.stderr.splitlines()
+    assert line.startswith(
+        f"error: Slurm refused array 2 of 3: {refusal}; the 1 array(s) it accepted were cancelled."
+    )
+    assert len(_calls(log, "sbatch")) == 2
+    (cancelled,) = _calls(log, "scancel")
+    run = the_run(project)
+    lock = load_lock(run)
+    assert lock.status == "failed"
+    assert lock.error is not None
+    assert "Slurm refused array 2 of 3" in str(lock.error["message"])
+    deadline = time.monotonic() + 60  # the cancelled array leaves the queue
+    while subprocess.run(
+        ["squeue", "-h", "-j", cancelled[0]], capture_output=True, text=True
+    ).stdout:
+        assert time.monotonic() < deadline, "the accepted array is still queued"
+        time.sleep(0.5)
+    assert ok_counts(run) == {}  # none of its tasks ran: the gate was never opened
+    gate.touch()
+    resumed = xp_script(project, *args, "--resume", str(run), timeout_s=120)
+    assert resumed.returncode == 0, resumed.stderr
+    waited = wait_tasks(project, run, timeout_s=300)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert ok_counts(run) == dict.fromkeys(range(n), 1)
+    assert load_lock(run).status == "completed"

@@ -16,7 +16,7 @@ from .._catalog._run import Run
 from .._core import _config
 from .._core._lock import now
 from .._core._paths import display_path
-from .._execute._ending import user_traceback
+from .._execute._ending import in_user_code, user_traceback
 from .._execute._lifecycle import RunRequest, RunResult
 from .._tracking._hook import TRACKING
 from ..errors import ConfigError, TasksFailed, XpkitError
@@ -222,6 +222,12 @@ def _ended(result: RunResult, options: argparse.Namespace, session: _Session) ->
         session.hand_back(result.run)
         return result.run
     if isinstance(exc, TasksFailed):  # each failed task and the map's run.log line said it
+        session.hand_back(result.run)
+        session.exit(EXIT_FAILED)
+        return result.run
+    if isinstance(exc, XpkitError) and not in_user_code(exc):
+        # xpkit's own refusal (Slurm refused the jobs...): one line; run.lock keeps the rest
+        print(f"error: {exc}", file=sys.stderr)
         session.hand_back(result.run)
         session.exit(EXIT_FAILED)
         return result.run

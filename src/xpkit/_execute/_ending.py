@@ -15,7 +15,7 @@ from typing import Any
 from .._core._lock import RunLock, now
 from .._core._paths import PACKAGE_DIR
 
-__all__ = ["end_lock", "error_record", "status_of", "user_traceback"]
+__all__ = ["end_lock", "error_record", "in_user_code", "status_of", "user_traceback"]
 
 
 def status_of(exc: BaseException | None) -> str:
@@ -85,6 +85,16 @@ def _total(attempts: list[Mapping[str, Any]]) -> float | None:
     if not all(isinstance(v, (int, float)) for v in values):
         return None
     return round(sum(values), 3)  # type: ignore[arg-type]  # checked just above
+
+
+def in_user_code(exc: BaseException) -> bool:
+    """Whether a frame of ``exc``'s traceback is outside xpkit (the user's code)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIR):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def user_traceback(exc: BaseException) -> types.TracebackType | None:

@@ -18,7 +18,9 @@ Workers never write to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import shlex
 import subprocess
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._core._paths import PACKAGE_DIR
-from ..errors import ConfigError, missing_extra
+from ..errors import ConfigError, TaskError, missing_extra
 from ._backends import OnDone, Submitted, Work, available_cpus, chunks
 from ._joblib import JoblibBackend
 from ._map import MapWork
@@ -110,13 +112,55 @@ def submit_arrays(executor: Any, jobs: Sequence[Any], limit: int) -> list[str]:
 
     Slurm rejects an array whose indices reach ``MaxArraySize`` (submitit #1624), so
     the jobs go in consecutive slices, one ``sbatch`` each.
+
+    Raises:
+        TaskError: the cluster refused an array (a cap on queued jobs such as
+            ``MaxJobCount``, which counts every array task; a bad option). The arrays it
+            had accepted are cancelled first: no job of the map is left that its run.lock
+            does not list, so a resume runs every task once.
     """
     ids: list[str] = []
-    for start in range(0, len(jobs), max(1, limit)):
-        with executor.batch():
-            submitted = [executor.submit(job) for job in jobs[start : start + limit]]
+    starts = range(0, len(jobs), max(1, limit))
+    for n, start in enumerate(starts, 1):
+        printed = io.StringIO()  # submitit prints sbatch's complaint; the error below holds it
+        try:
+            with contextlib.redirect_stderr(printed), executor.batch():
+                submitted = [executor.submit(job) for job in jobs[start : start + limit]]
+        except Exception as e:  # submitit's FailedJobError: sbatch's own message
+            raise _refused(e, n, len(starts), ids) from e
+        sys.stderr.write(printed.getvalue())
         ids += [str(job.job_id) for job in submitted]
     return ids
+
+
+def _refused(error: Exception, n: int, arrays: int, ids: list[str]) -> TaskError:
+    """The error for array ``n`` of ``arrays`` refused, once the ones in ``ids`` are cancelled."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    which = f"array {n} of {arrays}" if arrays > 1 else "the map's array"
+    accepted = sorted({job_id.partition("_")[0] for job_id in ids}, key=lambda i: (len(i), i))
+    if not accepted:
+        cancelled = ""
+    elif cancel_jobs(accepted):
+        cancelled = f"; the {len(accepted)} array(s) it accepted were cancelled"
+    else:
+        cancelled = f"; cancel the {len(accepted)} it accepted: scancel {' '.join(accepted)}"
+    msg = (
+        f"Slurm refused {which}: {reason}{cancelled}. A cluster caps queued jobs "
+        "(MaxJobCount counts each array task): fewer array tasks with --slurm chunks=N"
+    )
+    return TaskError(msg)
+
+
+def cancel_jobs(job_ids: Sequence[str], *, timeout_s: float = 30.0) -> bool:
+    """``scancel`` the jobs (whole arrays for array ids); whether Slurm took the request."""
+    try:
+        done = subprocess.run(
+            ["scancel", *job_ids], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def max_array_size(*, timeout_s: float = 10.0) -> int:
