@@ -58,11 +58,13 @@ def env(project: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "XPKIT_ROOT": str(project)}
 
 
-def xp_script(project: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def xp_script(
+    project: Path, *args: str, timeout_s: float = 60, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "job.py", *args],
         cwd=project,
-        env=env(project),
+        env=environ or env(project),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -286,14 +288,7 @@ def test_map_over_max_array_size_is_split_and_polled_in_one_call(project: Path) 
     write_tasks(project, n, 0.0)
     shimmed, log = _shim(project, ("sbatch", "sacct", "squeue", "scontrol"))
     args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", f"chunks={n}"]
-    submitted = subprocess.run(
-        [sys.executable, "job.py", *args],
-        cwd=project,
-        env=shimmed,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    submitted = xp_script(project, *args, timeout_s=120, environ=shimmed)
     assert submitted.returncode == 0, submitted.stderr
     assert len(_calls(log, "sbatch")) == 3
     assert _calls(log, "scontrol") == [["show", "config"]]
@@ -352,14 +347,7 @@ def test_a_refused_array_cancels_the_accepted_ones_and_a_resume_runs_each_task_o
     )
     sbatch.chmod(0o755)
     args = ["--tasks", "tasks.jsonl", "--backend", "slurm", "--slurm", f"chunks={n}"]
-    submitted = subprocess.run(
-        [sys.executable, "job.py", *args],
-        cwd=project,
-        env=shimmed,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    submitted = xp_script(project, *args, timeout_s=120, environ=shimmed)
     assert submitted.returncode == 1
     (line,) = submitted.stderr.splitlines()
     assert line.startswith(
