@@ -147,7 +147,7 @@ def sync_mlflow(root: Path, locks: list[RunLock]) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from xpkit._core._config import flatten
+    from xpkit._core._flat import flatten
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from xpkit._core import _config
+from xpkit._core._flat import flatten
 from xpkit.errors import ConfigError
 
 
@@ -132,7 +133,7 @@ def test_to_plain_and_flatten() -> None:
     plain = _config.to_plain(cfg)
     assert plain["optim"] == {"lr": 0.1, "momentum": 0.9}
     assert type(plain["optim"]) is dict
-    flat = _config.flatten(plain)
+    flat = flatten(plain)
     assert flat["optim.lr"] == 0.1
     assert "optim" not in flat
 

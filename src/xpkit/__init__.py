@@ -14,16 +14,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._api._stage import Stage, stage
-from ._catalog._run import Run
-from ._execute._context import current, get_logger, log_metrics, track_data, use_run
 from .errors import XpkitError
 
 if TYPE_CHECKING:
     from ._api._rerun import rerun
     from ._api._rm import rm
     from ._api._script import run
+    from ._api._stage import Stage, stage
+    from ._catalog._run import Run
     from ._catalog._runs import Runs, runs
+    from ._execute._context import current, get_logger, log_metrics, track_data, use_run
     from ._record._data import diff_manifests, load_manifest
     from ._record._hashing import HashRecord, hash_path
     from ._share._pull import pull
@@ -60,9 +60,18 @@ __all__ = [
 ]
 
 
-# imported on first use (PEP 562): a library call of a stage does not pay for the command
-# line (``run``), a script that only runs a stage does not pay for the others
+# imported on first use (PEP 562): the ``xp`` command does not pay for OmegaConf and the run
+# machinery (``stage``), a library call of a stage does not pay for the command line
+# (``run``), a script that only runs a stage does not pay for the others
 _LAZY = {
+    "Stage": "_api._stage",
+    "stage": "_api._stage",
+    "Run": "_catalog._run",
+    "current": "_execute._context",
+    "get_logger": "_execute._context",
+    "log_metrics": "_execute._context",
+    "track_data": "_execute._context",
+    "use_run": "_execute._context",
     "run": "_api._script",
     "rerun": "_api._rerun",
     "rm": "_api._rm",

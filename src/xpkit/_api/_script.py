@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._catalog._run import Run
 from .._core import _config
+from .._core._flat import flatten
 from .._core._lock import now
 from .._core._paths import display_path
 from .._execute._ending import in_user_code, user_traceback
@@ -414,7 +415,7 @@ def _experiments_help(stage: Stage[Any], config: str | None) -> str:
 
 def _summary(node: DictConfig, limit: int = 70) -> str:
     """``a.b=1, c=x`` for the values an experiment sets, cut to ``limit`` characters."""
-    flat = _config.flatten(OmegaConf.to_container(node, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
+    flat = flatten(OmegaConf.to_container(node, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
     text = ", ".join(f"{k}={v}" for k, v in flat.items())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -542,7 +543,7 @@ def _fields_help(stage: Stage[Any]) -> str:
     fields = _config.describe_fields(stage.schema)
     cfg = stage.config()
     if not fields:
-        flat = _config.flatten(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
+        flat = flatten(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]  # a DictConfig gives a dict
         fields = [_config.FieldInfo(k, type(v).__name__, repr(v), "") for k, v in flat.items()]
     if not any(f.key == "save_dir" for f in fields):
         fields.append(

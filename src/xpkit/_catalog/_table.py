@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._lock import RunLock
 
 __all__ = ["ABSENT", "HeadTable", "data_hashes", "head_commit", "head_record", "take"]

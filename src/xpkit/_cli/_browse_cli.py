@@ -19,7 +19,7 @@ from typing import Any
 
 from .._catalog._run import Run
 from .._catalog._runs import resolve_run
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._progress import duration_text
 from .._record._diff import (
     MISSING,

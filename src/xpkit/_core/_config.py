@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf import errors as oc_errors
 
 from ..errors import ConfigError
+from ._flat import flatten
 from ._yaml import load_yaml, yaml_error_where
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "changed_defaults",
     "describe_fields",
     "dotted_keys",
-    "flatten",
     "load_config_file",
     "merge_layer",
     "now_at",
@@ -225,23 +225,6 @@ def changed_defaults(
     if any(key not in default_of for key in values):
         return None
     return {key: default_of[key] for key, value in values.items() if default_of[key] != value}
-
-
-def flatten(
-    data: Mapping[str, Any], prefix: str = "", *, into: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Flatten nested dicts into ``{prefix + "a.b.c": value}`` (added to ``into`` when given).
-
-    Lists and empty dicts stay values.
-    """
-    out: dict[str, Any] = {} if into is None else into
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:  # (a dict, not any Mapping: 3x faster here)
-            flatten(value, f"{name}.", into=out)
-        else:
-            out[name] = value
-    return out
 
 
 def dotted_keys(cfg: DictConfig) -> list[str]:

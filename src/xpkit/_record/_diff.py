@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._catalog._run import Run
-from .._core._config import flatten
+from .._core._flat import flatten
 from ..errors import XpkitError
 
 __all__ = [

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._catalog._where import compile_where
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._lock import RunLock
 from .._core._settings import Settings, load_settings
 from .._core._yaml import load_yaml

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from .._catalog._run import Run
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._lock import RunLock
 from .._core._paths import RunPaths, atomic_write_text
 from .._core._settings import Settings, load_settings

@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._lock import RunLock
 from ._shape import SweepRef, datasets_of, sweep_of, upstream_of
 

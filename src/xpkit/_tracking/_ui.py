@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .._core._config import flatten
+from .._core._flat import flatten
 from .._core._lock import RunLock
 from ._shape import datasets_of, sweep_of, upstream_of
 
