@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -247,6 +248,29 @@ def test_resolve_runs_takes_a_stage_directory_as_all_its_runs(pipeline: ModuleTy
     Path("results/empty").mkdir()
     with pytest.raises(RunNotFoundError, match="no run directory"):
         resolve_runs([Path("results/empty")])
+
+
+def test_runs_reached_through_links_or_overlapping_paths_come_once(pipeline: ModuleType) -> None:
+    """A run kept elsewhere and linked into results (as ``xp pull --link`` does) is listed by
+    its link; a second link to it, a link to a directory of runs already listed, a symlink
+    loop and overlapping paths list no run twice."""
+    before = {r.dir.resolve() for r in xp.runs()}
+    prep = pipeline.prepare.last.dir
+    was = prep.resolve()
+    kept = Path("elsewhere") / prep.name
+    kept.parent.mkdir()
+    shutil.move(prep, kept)
+    prep.symlink_to(kept.resolve(), target_is_directory=True)
+    Path("results/prepare/again").symlink_to(kept.resolve(), target_is_directory=True)
+    Path("results/alias").symlink_to(Path("results/train").resolve(), target_is_directory=True)
+    Path("results/train/loop").symlink_to(Path("results").resolve(), target_is_directory=True)
+    for found in (xp.runs(), xp.runs(["results", "results/train", prep])):
+        resolved = [r.dir.resolve() for r in found]
+        assert len(resolved) == len(set(resolved)) == len(before)
+        assert set(resolved) == {kept.resolve() if d == was else d for d in before}
+    (listed,) = [r.dir for r in xp.runs() if r.stage == "prepare"]
+    assert listed == prep.absolute()  # the first link, by name
+    assert len(xp.runs("results/prepare/again")) == 1
 
 
 def test_mlflow_artifact_copies_are_not_runs(pipeline: ModuleType) -> None:

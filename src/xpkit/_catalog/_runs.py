@@ -116,16 +116,15 @@ def _find(
         tops = _expand(path_or_glob)
     else:
         tops = [t for p in path_or_glob for t in _expand(p)]
-    found: list[_Found] = []
-    seen: set[str] = set()
+    walk = _Walk(overlapping=len(tops) > 1)
     for top in tops:
         lock = os.path.join(top, LOCK)
         stamp = _lock_stamp(lock)
         if stamp is not None:
-            _add((top, lock, stamp), found, seen)
+            walk.add_run((top, lock, stamp), os.path.realpath(top))
         else:
-            _walk(top, found, seen)
-    return found
+            walk.walk(top)
+    return walk.runs()
 
 
 def _lock_stamp(lock: str) -> Stamp | None:
@@ -147,78 +146,108 @@ def _expand(path: PathLike) -> list[str]:
     raise RunNotFoundError(msg)
 
 
-def _add(run: _Found, found: list[_Found], seen: set[str], real: str | None = None) -> None:
-    real = real or os.path.realpath(run[0])
-    if real not in seen:
-        seen.add(real)
-        found.append(run)
-
-
 # MLflow's artifact stores (the default one lives under results/) hold copies of run.lock
 _NOT_RUNS = frozenset({"mlartifacts", "mlruns"})
 
 
-def _walk(top: str, found: list[_Found], seen: set[str], real: str | None = None) -> None:
-    """Collect the runs below ``top``; ``real`` is its resolved path when known."""
-    try:
-        entries = list(os.scandir(top))
-    except OSError:
-        return
-    real = real or os.path.realpath(top)
-    lock = os.path.join(top, LOCK)
-    stamp = _lock_stamp(lock) if any(e.name == LOCK for e in entries) else None
-    if stamp is not None:
-        _add((top, lock, stamp), found, seen, real)
-        return  # never walk the inside of a run directory
-    if real in seen:
-        return  # a symlink loop
-    seen.add(real)
-    names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-    # realpath only across symlinks (a run linked from a store): it costs a syscall per
-    # path component
-    links = {e.name: os.path.realpath(e.path) for e in entries if _linked_dir(e)}
-    if links:
-        names = sorted([*names, *links])
-    subdirs = [
-        (name, links.get(name) or f"{real}{os.sep}{name}")
-        for name in names
-        if name[:1] != "." and name not in _NOT_RUNS
-    ]
-    _runs_or_walk(top, subdirs, found, seen)
+class _Walk:
+    """The runs below some directories, each once.
+
+    A run is reached twice only through overlapping paths or a symbolic link to a directory
+    (a run linked from a store); only then are runs told apart by their resolved paths,
+    made after the walk from each directory's resolved path and the runs' names, so that a
+    walk of 100,000 plain run directories builds no second path per run. A directory
+    already walked is not walked again (a symlink loop).
+    """
+
+    def __init__(self, *, overlapping: bool) -> None:
+        self.found: list[_Found] = []
+        self.linked = overlapping  # whether a run may have been reached twice
+        self._walked: set[str] = set()  # resolved directories walked
+        # from found[first] on: runs in the resolved directory ``real`` (by their names),
+        # or (``whole``) the one run resolved to ``real``
+        self._spans: list[tuple[int, str, bool]] = []
+
+    def add_run(self, run: _Found, real: str) -> None:
+        """A run reached by its own path, which resolves to ``real``."""
+        self._spans.append((len(self.found), real, True))
+        self.found.append(run)
+
+    def runs(self) -> list[_Found]:
+        """The runs found, the first of each resolved path when one may repeat."""
+        if not self.linked:
+            return self.found
+        kept: list[_Found] = []
+        seen: set[str] = set()
+        ends = [first for first, _, _ in self._spans[1:]] + [len(self.found)]
+        for (first, real, whole), end in zip(self._spans, ends, strict=True):
+            for run in self.found[first:end]:
+                resolved = real if whole else f"{real}{os.sep}{os.path.basename(run[0])}"
+                if resolved not in seen:
+                    seen.add(resolved)
+                    kept.append(run)
+        return kept
+
+    def walk(self, top: str, real: str | None = None) -> None:
+        """Collect the runs below ``top``; ``real`` is its resolved path when known."""
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            return
+        real = real or os.path.realpath(top)
+        lock = os.path.join(top, LOCK)
+        stamp = _lock_stamp(lock) if any(e.name == LOCK for e in entries) else None
+        if stamp is not None:
+            self.add_run((top, lock, stamp), real)
+            return  # never walk the inside of a run directory
+        if real in self._walked:
+            return  # a symlink loop
+        self._walked.add(real)
+        names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        # realpath only across symlinks (a run linked from a store): it costs a syscall per
+        # path component
+        links = {e.name: os.path.realpath(e.path) for e in entries if _linked_dir(e)}
+        if links:
+            self.linked = True
+        names = sorted(n for n in [*names, *links] if n[:1] != "." and n not in _NOT_RUNS)
+        self._runs_or_walk(top, real, names, links)
+
+    def _runs_or_walk(self, top: str, real: str, names: list[str], links: dict[str, str]) -> None:
+        """Each subdirectory of ``top`` is a run (one stat of its run.lock, no listing of its
+        files) or is walked. The stats are relative to ``top``: 100,000 of them are the
+        bulk of a listing of unchanged runs."""
+        try:
+            fd = os.open(top, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        stat = functools.partial(os.stat, dir_fd=fd)
+        relative_lock = os.sep + LOCK
+        prefix = top + os.sep
+        found, spans = self.found, self._spans
+        spans.append((len(found), real, False))
+        try:
+            for name in names:
+                try:
+                    st = stat(name + relative_lock)
+                except (OSError, ValueError):  # ValueError: a NUL in the name
+                    st = None
+                run_dir = prefix + name
+                if st is None or st.st_mode & 0o170000 != stat_module.S_IFREG:
+                    self.walk(run_dir, links.get(name) or f"{real}{os.sep}{name}")
+                elif name in links:
+                    self.add_run((run_dir, run_dir + relative_lock, lock_stamp(st)), links[name])
+                else:
+                    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                    found.append((run_dir, run_dir + relative_lock, stamp))
+                    continue
+                spans.append((len(found), real, False))  # back in this directory
+        finally:
+            os.close(fd)
 
 
 def _linked_dir(entry: os.DirEntry[str]) -> bool:
     """A symbolic link to a directory, but a stage's ``latest`` link."""
     return entry.is_symlink() and entry.name != LATEST and entry.is_dir()
-
-
-def _runs_or_walk(
-    top: str, subdirs: list[tuple[str, str]], found: list[_Found], seen: set[str]
-) -> None:
-    """Each subdirectory of ``top`` is a run (one stat of its run.lock, no listing of its
-    files) or is walked. The stats are relative to ``top``: 100,000 of them are the
-    bulk of a listing of unchanged runs."""
-    try:
-        fd = os.open(top, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    stat = functools.partial(os.stat, dir_fd=fd)
-    relative_lock = os.sep + LOCK
-    prefix = top + os.sep
-    try:
-        for name, sub_real in subdirs:
-            try:
-                st = stat(name + relative_lock)
-            except (OSError, ValueError):  # ValueError: a NUL in the name
-                st = None
-            if st is None or st.st_mode & 0o170000 != stat_module.S_IFREG:
-                _walk(prefix + name, found, seen, sub_real)
-            elif sub_real not in seen:
-                seen.add(sub_real)
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                found.append((prefix + name, prefix + name + relative_lock, stamp))
-    finally:
-        os.close(fd)
 
 
 def _index(settings: Settings) -> RunIndex:
