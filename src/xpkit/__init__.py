@@ -108,9 +108,11 @@ def __dir__() -> list[str]:
 def _body_cells_in_console() -> None:
     """In IPython (Jupyter, VSCode), a cell of a stage's body runs as sent from the moment
     xpkit is imported, not only once ``xp.run`` has run (:mod:`._api._cells`)."""
-    # looked up, not imported: a script or a worker never loads IPython for this
-    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
-    shell = None if get_ipython is None else get_ipython()
+    if "IPython" not in sys.modules:
+        return  # a script or a worker: not even _cells is imported
+    from ._api._cells import console_shell
+
+    shell = console_shell()
     if shell is not None and hasattr(shell, "input_transformers_cleanup"):
         from ._api._console import enable_body_cells
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RETURN_NAME", "CellReturn", "transform_body_cell"]
+__all__ = ["RETURN_NAME", "CellReturn", "console_shell", "transform_body_cell"]
 
 RETURN_NAME = "__xpkit_return__"
 """The name a rewritten ``return`` raises, put in the console namespace (hidden)."""
@@ -50,6 +51,15 @@ class CellReturn(BaseException):
     def __init__(self, value: Any) -> None:
         super().__init__()
         self.value = value
+
+
+def console_shell() -> Any:
+    """The running IPython shell (Jupyter, VSCode, IPython terminal), or None."""
+    # looked up, not imported: a script or a worker never loads IPython for this; IPython 8
+    # leaves get_ipython unexported and unannotated, IPython 9 types it, and mypy must pass
+    # with either
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return None if get_ipython is None else get_ipython()
 
 
 def transform_body_cell(

@@ -21,6 +21,7 @@ from .._execute._ending import in_user_code, user_traceback
 from .._execute._lifecycle import RunRequest, RunResult
 from .._tracking._hook import TRACKING
 from ..errors import ConfigError, TasksFailed, XpkitError
+from ._cells import console_shell
 from ._stage import Stage, _source_files
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def run(stage: Stage[Any], argv: Sequence[str] | None = None) -> Run | None:
         # unreachable for mypy; a plain function passed at runtime lands here
         msg = f"xp.run expects a stage (decorate the function with @xp.stage), got {stage!r}"  # type: ignore[unreachable]
         raise TypeError(msg)
-    shell = _console()
+    shell = console_shell()
     interactive = shell is not None or bool(sys.flags.interactive)
     if shell is not None:
         from ._console import enable_console
@@ -222,13 +223,10 @@ def _ended(result: RunResult, options: argparse.Namespace, session: _Session) ->
     if exc is None:
         session.hand_back(result.run)
         return result.run
-    if isinstance(exc, TasksFailed):  # each failed task and the map's run.log line said it
-        session.hand_back(result.run)
-        session.exit(EXIT_FAILED)
-        return result.run
-    if isinstance(exc, XpkitError) and not in_user_code(exc):
-        # xpkit's own refusal (Slurm refused the jobs...): one line; run.lock keeps the rest
-        print(f"error: {exc}", file=sys.stderr)
+    said = isinstance(exc, TasksFailed)  # each failed task and the map's run.log line said it
+    if said or (isinstance(exc, XpkitError) and not in_user_code(exc)):
+        if not said:  # xpkit's own refusal (Slurm refused the jobs...): run.lock keeps the rest
+            print(f"error: {exc}", file=sys.stderr)
         session.hand_back(result.run)
         session.exit(EXIT_FAILED)
         return result.run
@@ -482,14 +480,6 @@ def _run_config(run: Run) -> Any:
         return run.config
     except XpkitError:
         return None
-
-
-def _console() -> Any:
-    """The running IPython shell (Jupyter, VSCode, IPython terminal), or None."""
-    # looked up, not imported: IPython 8 leaves get_ipython unexported and unannotated,
-    # IPython 9 types it, and mypy must pass with either
-    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
-    return None if get_ipython is None else get_ipython()
 
 
 def _script_argv(interactive: bool) -> list[str]:

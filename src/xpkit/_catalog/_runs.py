@@ -155,23 +155,22 @@ class _Walk:
 
     A run is reached twice only through overlapping paths or a symbolic link to a directory
     (a run linked from a store); only then are runs told apart by their resolved paths,
-    made after the walk from each directory's resolved path and the runs' names, so that a
-    walk of 100,000 plain run directories builds no second path per run. A directory
-    already walked is not walked again (a symlink loop).
+    made after the walk from each run's resolved directory and its name, so that a walk of
+    100,000 plain run directories builds no second path per run. A directory already
+    walked is not walked again (a symlink loop).
     """
 
     def __init__(self, *, overlapping: bool) -> None:
         self.found: list[_Found] = []
+        # per found run: the resolved directory holding it, or (True) its own resolved path
+        self._where: list[tuple[str, bool]] = []
         self.linked = overlapping  # whether a run may have been reached twice
         self._walked: set[str] = set()  # resolved directories walked
-        # from found[first] on: runs in the resolved directory ``real`` (by their names),
-        # or (``whole``) the one run resolved to ``real``
-        self._spans: list[tuple[int, str, bool]] = []
 
     def add_run(self, run: _Found, real: str) -> None:
         """A run reached by its own path, which resolves to ``real``."""
-        self._spans.append((len(self.found), real, True))
         self.found.append(run)
+        self._where.append((real, True))
 
     def runs(self) -> list[_Found]:
         """The runs found, the first of each resolved path when one may repeat."""
@@ -179,13 +178,11 @@ class _Walk:
             return self.found
         kept: list[_Found] = []
         seen: set[str] = set()
-        ends = [first for first, _, _ in self._spans[1:]] + [len(self.found)]
-        for (first, real, whole), end in zip(self._spans, ends, strict=True):
-            for run in self.found[first:end]:
-                resolved = real if whole else f"{real}{os.sep}{os.path.basename(run[0])}"
-                if resolved not in seen:
-                    seen.add(resolved)
-                    kept.append(run)
+        for run, (real, whole) in zip(self.found, self._where, strict=True):
+            resolved = real if whole else f"{real}{os.sep}{os.path.basename(run[0])}"
+            if resolved not in seen:
+                seen.add(resolved)
+                kept.append(run)
         return kept
 
     def walk(self, top: str, real: str | None = None) -> None:
@@ -223,8 +220,7 @@ class _Walk:
         stat = functools.partial(os.stat, dir_fd=fd)
         relative_lock = os.sep + LOCK
         prefix = top + os.sep
-        found, spans = self.found, self._spans
-        spans.append((len(found), real, False))
+        found, where, here = self.found, self._where, (real, False)
         try:
             for name in names:
                 try:
@@ -239,8 +235,7 @@ class _Walk:
                 else:
                     stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
                     found.append((run_dir, run_dir + relative_lock, stamp))
-                    continue
-                spans.append((len(found), real, False))  # back in this directory
+                    where.append(here)
         finally:
             os.close(fd)
 
