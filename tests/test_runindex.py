@@ -187,6 +187,8 @@ def test_a_damaged_index_file_is_never_trusted(project: Path) -> None:
     damaged += [
         framed({"found": b"\x00garbage"}),
         framed({"found": marshal.dumps((["x"], [(1, 2, 3)]), 0)}),
+        framed({"found": marshal.dumps([("x", "a\0b", [(1, 2, 3)])], 0)}),
+        framed({"found": marshal.dumps([("x", ["a"], [(1, 2, 3)])], 0)}),
         framed({"shape": section["shape"][:-1]}),
         framed({"at": list(reversed(section["at"]))}),
         framed({"columns": {"id": [1]}}),
@@ -278,3 +280,23 @@ def test_a_listing_right_after_a_write_is_never_stale(project: Path) -> None:
     listed = xp.runs()
     assert {r.id: r.metrics for r in listed}["r001"] == {"acc": 0.75}
     assert listed.where("metrics.acc > 0.5")[0].id == "r001"
+
+
+def test_unchanged_runs_listed_again_are_one_comparison(project: Path) -> None:
+    """A second listing of the same unchanged runs, walked or named one by one in any order,
+    finds the index's runs and stamps equal in one comparison (no lookup per run)."""
+    from xpkit._catalog._runs import _find
+    from xpkit._core._settings import load_settings
+
+    train = project / "results" / "train"
+    named = [str(d) for d in sorted(train.iterdir(), reverse=True)]
+    for paths in (None, named, None):
+        first = xp.runs(paths)
+        found = _find(paths, settings=load_settings())
+        index = RunIndex(_index_file(project))
+        rows, skipped = index.lookup(found)
+        assert index._unchanged
+        assert (len(rows), skipped) == (20, [])
+        ids = [index.table.column("id")[r] for r in rows]
+        assert ids == [os.path.basename(d) for d in found.dirs()]
+        assert sorted(ids) == sorted(r.id for r in first)

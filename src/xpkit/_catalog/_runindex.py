@@ -9,10 +9,11 @@ no object per run; a head is read back from the file only when a ``Run`` asks fo
 The file: 16 bytes of magic and version, the length of the table section (8 bytes, little
 endian), the table section (one marshal: the lock paths and stamps of its rows, head
 offsets, the table, the locks that could not be read and why), then the heads one after
-another. The paths and stamps are kept as the bytes ``marshal.dumps((locks, stamps), 0)``
-(version 0 writes equal values as equal bytes): a listing of the same unchanged runs makes
-the same bytes, and one comparison stands for 100,000 (decoding them takes longer). It is replaced
-atomically; an index keeps the file it loaded open, so its heads stay those of its table.
+another. The runs and stamps are kept as the bytes of :meth:`Found.key` (a marshal of
+version 0, which writes equal values as equal bytes): a listing of the same unchanged runs
+makes the same bytes, and one comparison stands for 100,000 (decoding them takes longer).
+It is replaced atomically; an index keeps the file it loaded open, so its heads stay those
+of its table.
 
 A head read from a lock modified in the last two seconds is used but not cached: another
 write within the same mtime tick could keep its stamp (git's "racily clean" problem).
@@ -28,20 +29,21 @@ import struct
 import sys
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._core._lock import RunLock
-from .._core._paths import atomic_write_bytes
+from .._core._paths import LOCK, atomic_write_bytes
 from ..errors import LockError, LockVersionError
 from ._head import read_head
 from ._table import HeadTable, data_hashes, head_record
 
-__all__ = ["RunIndex", "Stamp", "lock_stamp"]
+__all__ = ["Found", "RunIndex", "Stamp", "lock_stamp"]
 
 Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino) of a run.lock
 
-_MAGIC = b"xpkit runindex 7"  # the last 1-2 characters are the version
+_MAGIC = b"xpkit runindex 9"  # the last 1-2 characters are the version
 _HEADER = struct.Struct("<16sQ")
 # A lock modified this recently may be rewritten within the same mtime tick (the "racily
 # clean" problem of git): its head is used but not cached.
@@ -56,6 +58,92 @@ def lock_stamp(st: os.stat_result) -> Stamp:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+@dataclasses.dataclass
+class Found:
+    """Runs found, grouped by the directory that holds them: ``groups`` of (that directory,
+    the names of its runs, their run.lock stamps), in the order found; two groups in a row
+    are never of the same directory. A run's directory is ``<dir>/<name>``, its lock
+    ``<dir>/<name>/run.lock``: 100,000 runs of one stage are one path, 100,000 names and
+    stamps, and a path per run is built only when asked for.
+    """
+
+    groups: list[tuple[str, list[str], list[Stamp]]] = dataclasses.field(default_factory=list)
+
+    def add(self, parent: str, names: list[str], stamps: list[Stamp]) -> None:
+        """Runs ``names`` of the directory ``parent`` (after those already found); the lists
+        become the collection's."""
+        if not names:
+            return
+        if self.groups and self.groups[-1][0] == parent:
+            self.groups[-1][1].extend(names)
+            self.groups[-1][2].extend(stamps)
+        else:
+            self.groups.append((parent, names, stamps))
+
+    def __len__(self) -> int:
+        return sum(len(names) for _, names, _ in self.groups)
+
+    def runs(self) -> Iterator[tuple[str, str, Stamp]]:
+        """(directory, name, stamp) of each run."""
+        for parent, names, stamps in self.groups:
+            for name, stamp in zip(names, stamps, strict=True):
+                yield parent, name, stamp
+
+    def dirs(self) -> list[str]:
+        """The run directories."""
+        return [f + n for f, names in self._prefixes() for n in names]
+
+    def locks(self) -> list[str]:
+        """The runs' run.lock files."""
+        lock = os.sep + LOCK
+        return [f + n + lock for f, names in self._prefixes() for n in names]
+
+    def stamps(self) -> list[Stamp]:
+        return [s for _, _, stamps in self.groups for s in stamps]
+
+    def key(self) -> bytes:
+        """The runs and stamps as bytes, the same bytes for the same runs and stamps (no
+        name holds a NUL)."""
+        return marshal.dumps([(d, "\0".join(n), s) for d, n, s in self.groups], 0)
+
+    @classmethod
+    def of_key(cls, key: bytes) -> Found:
+        """The runs of :meth:`key`'s bytes.
+
+        Raises:
+            ValueError: the bytes are not such a key.
+        """
+        try:
+            groups = marshal.loads(key)
+        except (EOFError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        if type(groups) is not list or not all(
+            type(g) is tuple and len(g) == 3 and type(g[0]) is str and type(g[1]) is str
+            for g in groups
+        ):
+            msg = "not the runs of an index"
+            raise ValueError(msg)
+        found = cls([(d, names.split("\0"), stamps) for d, names, stamps in groups])
+        if not all(type(s) is list and len(n) == len(s) for _, n, s in found.groups):
+            msg = "not the runs of an index"
+            raise ValueError(msg)
+        return found
+
+    @classmethod
+    def of_locks(cls, locks: Sequence[str], stamps: Sequence[Stamp]) -> Found:
+        """The runs of these run.lock files."""
+        found = cls()
+        cut = len(os.sep + LOCK)
+        for lock, stamp in zip(locks, stamps, strict=True):
+            parent, name = os.path.split(lock[:-cut])
+            found.add(parent, [name], [stamp])
+        return found
+
+    def _prefixes(self) -> Iterator[tuple[str, list[str]]]:
+        for parent, names, _ in self.groups:
+            yield (parent if parent.endswith(os.sep) else parent + os.sep), names
+
+
 class RunIndex:
     """Run.lock heads, cached by stamp in one file (``path=None``: in memory only).
 
@@ -65,7 +153,7 @@ class RunIndex:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.table = HeadTable()
-        self._found = _found_key([], [])  # the file's rows' locks and stamps, undecoded
+        self._found = Found().key()  # the file's rows' locks and stamps, undecoded
         self._locks: list[str] = []  # per row (once decoded)
         self._stamps: list[Stamp] = []  # per row (once decoded)
         self._decoded = True
@@ -117,25 +205,24 @@ class RunIndex:
             return
         self._decoded = True
         try:
-            locks, stamps = marshal.loads(self._found)
-            if type(locks) is not list or type(stamps) is not list:
-                raise TypeError
-        except (EOFError, ValueError, TypeError):
+            found = Found.of_key(self._found)
+            locks, stamps = found.locks(), found.stamps()
+        except ValueError:
             locks, stamps = [], []
-        if len(locks) != self._loaded or len(stamps) != self._loaded:
+        if len(locks) != self._loaded:
             self.table, self._loaded, self._keep = HeadTable(), 0, []
             locks, stamps = [], []
         self._locks, self._stamps = locks, stamps
 
-    def lookup(self, locks: list[str], stamps: list[Stamp]) -> tuple[list[int], list[str]]:
-        """The row of the head of each lock (read when changed; -1 for a lock that could not
-        be read), and one message per such lock."""
-        same = len(locks) == self._loaded and not self._decoded
-        if same and _found_key(locks, stamps) == self._found:
+    def lookup(self, found: Found) -> tuple[list[int], list[str]]:
+        """The row of the head of each run found (read when changed; -1 for a lock that
+        could not be read), and one message per such lock."""
+        if not self._decoded and len(found) == self._loaded and found.key() == self._found:
             self._unchanged = True  # the same runs, unchanged, in the same order
-            rows = list(range(len(locks)))
+            rows = list(range(self._loaded))
             self._seen.update(dict.fromkeys(rows))
             return rows, []
+        locks, stamps = found.locks(), found.stamps()
         by_lock = self._lock_rows()
         rows, skipped = [], []
         for lock, stamp in zip(locks, stamps, strict=True):
@@ -254,9 +341,9 @@ class RunIndex:
         errors = {k: v for k, v in self._errors.items() if os.path.exists(k)}
         section = marshal.dumps(
             {
-                "found": _found_key(
+                "found": Found.of_locks(
                     [self._locks[r] for r in rows], [self._stamps[r] for r in rows]
-                ),
+                ).key(),
                 "at": at,
                 "columns": table.columns,
                 "shapes": table.shapes,
@@ -348,11 +435,6 @@ def _valid(section: Any) -> bool:
         return False
     errors = section["errors"].values()
     return all(type(e) is tuple and len(e) == 3 for e in errors)
-
-
-def _found_key(locks: list[str], stamps: list[Stamp]) -> bytes:
-    """The locks and stamps of rows as bytes, the same bytes for the same values."""
-    return marshal.dumps((locks, stamps), 0)
 
 
 def _interned(value: Any) -> Any:

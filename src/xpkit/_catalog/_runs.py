@@ -10,9 +10,9 @@ YAML and makes no object per run; a :class:`Run` is made for a run only when ask
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
-import functools
 import glob
 import itertools
 import math
@@ -32,7 +32,7 @@ from ..errors import (
     missing_extra,
 )
 from ._run import Run
-from ._runindex import RunIndex, Stamp, lock_stamp
+from ._runindex import Found, RunIndex, Stamp, lock_stamp
 from ._table import ABSENT, HeadTable, data_hashes, head_record, take
 from ._where import (
     FIELDS,
@@ -100,16 +100,12 @@ def find_run_dirs(
     Raises:
         RunNotFoundError: a path (not a glob) does not exist.
     """
-    return [run_dir for run_dir, _, _ in _find(path_or_glob, settings=settings)]
-
-
-# a run found: its directory, its run.lock and the lock's stamp (one stat for both)
-_Found = tuple[str, str, Stamp]
+    return _find(path_or_glob, settings=settings).dirs()
 
 
 def _find(
     path_or_glob: PathLike | Sequence[PathLike] | None = None, *, settings: Settings
-) -> list[_Found]:
+) -> Found:
     if path_or_glob is None:
         tops = [str(settings.results_path)]
     elif isinstance(path_or_glob, (str, os.PathLike)):
@@ -118,10 +114,9 @@ def _find(
         tops = [t for p in path_or_glob for t in _expand(p)]
     walk = _Walk(overlapping=len(tops) > 1)
     for top in tops:
-        lock = os.path.join(top, LOCK)
-        stamp = _lock_stamp(lock)
+        stamp = _lock_stamp(os.path.join(top, LOCK))
         if stamp is not None:
-            walk.add_run((top, lock, stamp), os.path.realpath(top))
+            walk.add_run(top, stamp, os.path.realpath(top))
         else:
             walk.walk(top)
     return walk.runs()
@@ -146,6 +141,8 @@ def _expand(path: PathLike) -> list[str]:
     raise RunNotFoundError(msg)
 
 
+_FILE = stat_module.S_IFREG
+
 # MLflow's artifact stores (the default one lives under results/) hold copies of run.lock
 _NOT_RUNS = frozenset({"mlartifacts", "mlruns"})
 
@@ -156,58 +153,64 @@ class _Walk:
     A run is reached twice only through overlapping paths or a symbolic link to a directory
     (a run linked from a store); only then are runs told apart by their resolved paths,
     made after the walk from each run's resolved directory and its name, so that a walk of
-    100,000 plain run directories builds no second path per run. A directory already
-    walked is not walked again (a symlink loop).
+    100,000 plain run directories builds no path per run. A directory already walked is not
+    walked again (a symlink loop).
     """
 
     def __init__(self, *, overlapping: bool) -> None:
-        self.found: list[_Found] = []
+        self.found = Found()
         # per found run: the resolved directory holding it, or (True) its own resolved path
         self._where: list[tuple[str, bool]] = []
         self.linked = overlapping  # whether a run may have been reached twice
         self._walked: set[str] = set()  # resolved directories walked
 
-    def add_run(self, run: _Found, real: str) -> None:
+    def add_run(self, run_dir: str, stamp: Stamp, real: str) -> None:
         """A run reached by its own path, which resolves to ``real``."""
-        self.found.append(run)
+        parent, name = os.path.split(run_dir)
+        self.found.add(parent, [name], [stamp])
         self._where.append((real, True))
 
-    def runs(self) -> list[_Found]:
+    def runs(self) -> Found:
         """The runs found, the first of each resolved path when one may repeat."""
         if not self.linked:
             return self.found
-        kept: list[_Found] = []
+        kept = Found()
         seen: set[str] = set()
-        for run, (real, whole) in zip(self.found, self._where, strict=True):
-            resolved = real if whole else f"{real}{os.sep}{os.path.basename(run[0])}"
+        for (parent, name, stamp), (real, whole) in zip(
+            self.found.runs(), self._where, strict=True
+        ):
+            resolved = real if whole else f"{real}{os.sep}{name}"
             if resolved not in seen:
                 seen.add(resolved)
-                kept.append(run)
+                kept.add(parent, [name], [stamp])
         return kept
 
     def walk(self, top: str, real: str | None = None) -> None:
         """Collect the runs below ``top``; ``real`` is its resolved path when known."""
-        try:
-            entries = list(os.scandir(top))
-        except OSError:
-            return
-        real = real or os.path.realpath(top)
-        lock = os.path.join(top, LOCK)
-        stamp = _lock_stamp(lock) if any(e.name == LOCK for e in entries) else None
+        stamp = _lock_stamp(os.path.join(top, LOCK))
         if stamp is not None:
-            self.add_run((top, lock, stamp), real)
+            self.add_run(top, stamp, real or os.path.realpath(top))
             return  # never walk the inside of a run directory
+        real = real or os.path.realpath(top)
         if real in self._walked:
             return  # a symlink loop
         self._walked.add(real)
-        names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        # realpath only across symlinks (a run linked from a store): it costs a syscall per
-        # path component
-        links = {e.name: os.path.realpath(e.path) for e in entries if _linked_dir(e)}
+        names: list[str] = []
+        links: dict[str, str] = {}  # symbolic links to directories (runs linked from a store)
+        try:
+            with os.scandir(top) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        names.append(entry.name)
+                    elif entry.is_symlink() and entry.name != LATEST and entry.is_dir():
+                        # realpath only across links: it costs a syscall per path component
+                        links[entry.name] = os.path.realpath(entry.path)
+        except OSError:
+            return
         if links:
             self.linked = True
-        names = sorted(n for n in [*names, *links] if n[:1] != "." and n not in _NOT_RUNS)
-        self._runs_or_walk(top, real, names, links)
+            names += links
+        self._runs_or_walk(top, real, _visible(names), links)
 
     def _runs_or_walk(self, top: str, real: str, names: list[str], links: dict[str, str]) -> None:
         """Each subdirectory of ``top`` is a run (one stat of its run.lock, no listing of its
@@ -217,32 +220,47 @@ class _Walk:
             fd = os.open(top, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             return
-        stat = functools.partial(os.stat, dir_fd=fd)
+        stat = os.stat
         relative_lock = os.sep + LOCK
-        prefix = top + os.sep
-        found, where, here = self.found, self._where, (real, False)
+        runs: list[str] = []
+        stamps: list[Stamp] = []
         try:
             for name in names:
                 try:
-                    st = stat(name + relative_lock)
+                    st = stat(name + relative_lock, dir_fd=fd)
                 except (OSError, ValueError):  # ValueError: a NUL in the name
                     st = None
-                run_dir = prefix + name
-                if st is None or st.st_mode & 0o170000 != stat_module.S_IFREG:
+                if st is not None and st.st_mode & 0o170000 == _FILE and name not in links:
+                    runs.append(name)
+                    stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+                    continue
+                self._add(top, real, runs, stamps)  # those before, in order
+                runs, stamps = [], []
+                run_dir = os.path.join(top, name)
+                if st is None or st.st_mode & 0o170000 != _FILE:
                     self.walk(run_dir, links.get(name) or f"{real}{os.sep}{name}")
-                elif name in links:
-                    self.add_run((run_dir, run_dir + relative_lock, lock_stamp(st)), links[name])
                 else:
-                    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                    found.append((run_dir, run_dir + relative_lock, stamp))
-                    where.append(here)
+                    self.add_run(run_dir, lock_stamp(st), links[name])
         finally:
             os.close(fd)
+        self._add(top, real, runs, stamps)
+
+    def _add(self, top: str, real: str, names: list[str], stamps: list[Stamp]) -> None:
+        """Runs ``names`` of ``top``, which resolves to ``real``."""
+        self.found.add(top, names, stamps)
+        self._where.extend([(real, False)] * len(names))
 
 
-def _linked_dir(entry: os.DirEntry[str]) -> bool:
-    """A symbolic link to a directory, but a stage's ``latest`` link."""
-    return entry.is_symlink() and entry.name != LATEST and entry.is_dir()
+def _visible(names: list[str]) -> list[str]:
+    """``names`` sorted, without hidden names and MLflow's artifact stores (found by
+    bisection: a stage holds 100,000 runs)."""
+    names.sort()
+    del names[bisect.bisect_left(names, ".") : bisect.bisect_left(names, "/")]  # ".*"
+    for name in _NOT_RUNS:
+        at = bisect.bisect_left(names, name)
+        if names[at : at + 1] == [name]:
+            del names[at]
+    return names
 
 
 def _index(settings: Settings) -> RunIndex:
@@ -257,7 +275,7 @@ class _Store:
     def __init__(
         self,
         table: HeadTable,
-        dirs: Iterable[tuple[int, str]],
+        dirs: Callable[[], Iterable[tuple[int, str]]],
         heads: Callable[[int], RunLock | None],
         *,
         pending: list[Run] | None = None,
@@ -273,12 +291,12 @@ class _Store:
     def of_runs(cls, runs: list[Run]) -> _Store:
         """A store of given runs, their records made when the table is first used."""
         dirs = [(i, str(run.dir)) for i, run in enumerate(runs)]
-        return cls(HeadTable(), dirs, lambda row: None, pending=runs)
+        return cls(HeadTable(), lambda: dirs, lambda row: None, pending=runs)
 
     def dir(self, row: int) -> str:
         """The run directory of a row."""
         if self._dirs is None:
-            self._dirs = dict(self._dir_pairs)
+            self._dirs = dict(self._dir_pairs())
         return self._dirs[row]
 
     def ready(self) -> HeadTable:
@@ -333,14 +351,17 @@ class Runs(Sequence[Run]):
     @classmethod
     def load(cls, run_dirs: Iterable[str], *, settings: Settings | None = None) -> Runs:
         """Read the run.lock head of each directory; unreadable ones go to ``skipped``."""
-        found: list[_Found] = []
+        found = Found()
         skipped: list[str] = []
         for run_dir in run_dirs:
             lock = os.path.join(run_dir, LOCK)
             try:
-                found.append((run_dir, lock, lock_stamp(os.stat(lock))))
+                stamp = lock_stamp(os.stat(lock))
             except OSError as e:
                 skipped.append(f"{lock}: cannot read run.lock ({e.strerror})")
+                continue
+            parent, name = os.path.split(run_dir)
+            found.add(parent, [name], [stamp])
         loaded = cls._of(found, settings=settings or load_settings())
         loaded.skipped[:0] = skipped
         return loaded
@@ -357,16 +378,17 @@ class Runs(Sequence[Run]):
         return cls._of(_find(path_or_glob, settings=settings), settings=settings)
 
     @classmethod
-    def _of(cls, found: list[_Found], *, settings: Settings) -> Runs:
+    def _of(cls, found: Found, *, settings: Settings) -> Runs:
         """The runs found, their heads from the run index."""
         index = _index(settings)
-        rows, skipped = index.lookup([lock for _, lock, _ in found], [s for _, _, s in found])
+        rows, skipped = index.lookup(found)
         index.save()
-        dirs = [run_dir for run_dir, _, _ in found]
+        dirs: Callable[[], Iterable[str]] = found.dirs
         if skipped:
             kept = [i for i, row in enumerate(rows) if row >= 0]
-            rows, dirs = take(rows, kept), take(dirs, kept)
-        store = _Store(index.table, zip(rows, dirs, strict=True), index.head_of)
+            rows = take(rows, kept)
+            dirs = lambda: take(found.dirs(), kept)  # noqa: E731
+        store = _Store(index.table, lambda: zip(rows, dirs(), strict=True), index.head_of)
         store.live(rows)
         return cls._view(store, rows, skipped)
 
