@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +118,155 @@ def test_plain_table_pads_strips_and_streams() -> None:
     whole = "".join(_plain_table(columns))
     assert whole == "id   n   commit\na    1\nbbb  22  c0ffee1\n"
     assert "".join(_plain_table(columns, rows_at_once=1)) == whole
+
+
+# -- dictionary-coded columns ------------------------------------------------------------
+
+
+def test_a_column_is_coded_only_when_equal_values_are_the_same_value() -> None:
+    """Coded: scalars that repeat. Not coded: 1 beside True or 1.0 (equal keys of a dict),
+    a float zero (0.0 == -0.0), lists, values that do not repeat, short columns."""
+    from xpkit._catalog._table import Coded
+
+    coded = Coded.of([1, 2, ABSENT, None, 2] * 20)
+    assert coded is not None
+    assert coded.decoded() == [1, 2, ABSENT, None, 2] * 20
+    assert len(coded.values) == 4
+    nan = float("nan")
+    assert Coded.of([nan, 0.5] * 50) is not None  # one NaN object: one value
+    for values in (
+        [1, True] * 50,
+        [1, 1.0] * 50,
+        [0.0, -0.0, 1.5] * 50,
+        [[1], "x"] * 50,
+        [float("nan") for _ in range(100)],
+        [f"id{i}" for i in range(100)],
+        [1, 2] * 10,
+    ):
+        assert Coded.of(values) is None, values[:3]
+
+
+def test_a_coded_column_takes_rows_until_a_value_cannot_be_coded() -> None:
+    """Appending keeps a column coded while it can; stored and loaded back it is the same
+    column; a stored column whose codes or size do not fit its rows is refused."""
+    from xpkit._catalog._table import Coded, HeadTable
+
+    coded = Coded.of(["a", "b"] * 50)
+    assert coded is not None
+    assert coded.append("c")
+    assert coded.append(ABSENT)
+    assert not coded.append([1])
+    assert Coded.of([1, 2] * 50).append(True) is False  # type: ignore[union-attr]
+    assert Coded.of([1.5, 2.5] * 50).append(0.0) is False  # type: ignore[union-attr]
+    stored = coded.stored()
+    back = Coded.loaded(stored, 102)
+    assert back is not None
+    assert back.decoded() == ["a", "b"] * 50 + ["c", ABSENT]
+    values, codes, size = stored
+    assert Coded.loaded((values, codes[:-1], size), 102) is None
+    assert Coded.loaded((values, codes[:-1] + b"\x07", size), 102) is None
+    assert Coded.loaded((values, codes, 4), 102) is None
+    assert Coded.loaded((values[:2], codes, size), 102) is None
+    wide = Coded.of([f"v{i // 4}" for i in range(1200)])  # 300 values: 2-byte codes
+    assert wide is not None
+    assert wide.stored()[2] == 2
+    assert Coded.loaded(wide.stored(), 1200).decoded() == wide.decoded()  # type: ignore[union-attr]
+    table = HeadTable(coded={"k": Coded.of([1, 2] * 50)})  # type: ignore[dict-item]
+    table.shape.extend([0] * 100)
+    table.shapes.append(("k",))
+    table.data.extend([None] * 100)
+    table.append({"k": True}, None)
+    table.append({}, None)
+    assert table.column("k") == [1, 2] * 50 + [True, ABSENT]
+    assert "k" in table.columns
+    assert "k" not in table.coded
+
+
+def _write_runs(root: Path, first: int, configs: list[dict[str, object]]) -> None:
+    """Runs ``first``, ``first + 1``... of stage ``s`` with these configs, dated an hour ago."""
+    from xpkit._core._yaml import dump_yaml
+
+    for i, config in enumerate(configs, start=first):
+        run_dir = root / "results" / "s" / f"r{i:04d}"
+        run_dir.mkdir(parents=True)
+        lock = {
+            "xpkit": 1,
+            "id": f"{i:04d}abcdef",
+            "stage": "s",
+            "dir": f"results/s/r{i:04d}",
+            "status": ["completed", "failed"][i % 2],
+            "started": f"2024-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
+            "duration_s": i / 7,
+            "config": config,
+            "metrics": {"acc": i / 1000, "epochs": i % 3},
+        }
+        (run_dir / "run.lock").write_text(dump_yaml(lock))
+        past = time.time_ns() - 3600 * 10**9
+        os.utime(run_dir / "run.lock", ns=(past, past))
+
+
+def _listings(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    from xpkit._cli._ls_cli import ls_command
+    from xpkit._core._settings import clear_settings_cache
+
+    out = []
+    for argv in (
+        [],
+        ["--where", "lr > 0.01 or flag"],
+        ["--sort", "name", "-n", "40"],
+        ["--where", "status == failed", "--sort", "-acc"],
+        ["-f", "csv"],
+        ["-f", "json", "-n", "30"],
+    ):
+        clear_settings_cache()
+        assert ls_command(argv) == 0
+        out.append(capsys.readouterr().out)
+    return out
+
+
+def test_listings_from_coded_columns_are_those_from_plain_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tables, CSV and JSON of 150 runs whose config keys repeat (ints, floats, strings,
+    booleans, None, missing keys), listed cold, from the index, and after runs whose values
+    cannot be coded with the others join them: the same text as with no column coded."""
+    import xpkit as xp
+    from xpkit._catalog._table import Coded
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    configs: list[dict[str, object]] = []
+    for i in range(150):
+        config: dict[str, object] = {"lr": [0.1, 0.01, 0.001][i % 3], "depth": i % 4}
+        config["name"] = ["a", "bb", "ccc"][i % 3]
+        config["flag"] = [True, False, None][i % 3]
+        config["mode"] = "a-long-mode-name" if i in (7, 8) else "xy"[i % 2]
+        if i % 5:
+            config["opt"] = {"beta": 0.9 if i % 2 else 0.99}
+        configs.append(config)
+    _write_runs(tmp_path, 0, configs)
+    index = tmp_path / "results" / ".xpkit" / "runs.marshal"
+
+    def plain() -> list[str]:
+        with monkeypatch.context() as m:
+            m.setattr(Coded, "of", classmethod(lambda cls, values: None))
+            index.unlink(missing_ok=True)
+            listed = _listings(capsys)
+            index.unlink()
+            return listed
+
+    expected = plain()
+    assert _listings(capsys) == expected  # cold: read, coded, saved
+    table = xp.runs()._store.table
+    assert {"config.lr", "config.depth", "config.name", "config.flag"} <= table.coded.keys()
+    assert _listings(capsys) == expected  # from the index
+    for i in (7, 8):  # the runs of the long value: the index keeps the value, not its runs
+        shutil.rmtree(tmp_path / "results" / "s" / f"r{i:04d}")
+    first = _listings(capsys)
+    assert "a-long-mode-name" in xp.runs()._store.table.coded["config.mode"].values
+    assert first == _listings(capsys) == plain()
+    _write_runs(tmp_path, 150, [{"lr": 1, "depth": True, "name": ["x"], "flag": 0.0}] * 3)
+    expected = plain()
+    assert _listings(capsys) == expected
+    assert _listings(capsys) == expected
+    assert not {"config.lr", "config.depth", "config.name"} & xp.runs()._store.table.coded.keys()

@@ -37,20 +37,21 @@ from .._core._lock import RunLock
 from .._core._paths import LOCK, atomic_write_bytes
 from ..errors import LockError, LockVersionError
 from ._head import read_head
-from ._table import HeadTable, data_hashes, head_record
+from ._table import Coded, HeadTable, data_hashes, head_record
 
 __all__ = ["Found", "RunIndex", "Stamp", "lock_stamp"]
 
 Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino) of a run.lock
 
-_MAGIC = b"xpkit runindex 9"  # the last 1-2 characters are the version
+_MAGIC = b"xpkit runindex10"  # the last 1-2 characters are the version
 _HEADER = struct.Struct("<16sQ")
 # A lock modified this recently may be rewritten within the same mtime tick (the "racily
 # clean" problem of git): its head is used but not cached.
 _RACY_NS = 2_000_000_000
 _NAME_CHARS = 40
+_FEW_UNSEEN = 1000  # runs of the file a listing did not find, checked for removal
 _LOCK_FIELDS = frozenset(f.name for f in dataclasses.fields(RunLock)) - {"extra"}
-_SECTION_KEYS = ("found", "at", "columns", "shapes", "shape", "data", "errors")
+_SECTION_KEYS = ("found", "at", "columns", "coded", "shapes", "shape", "data", "errors")
 
 
 def lock_stamp(st: os.stat_result) -> Stamp:
@@ -183,7 +184,7 @@ class RunIndex:
         if loaded is None:
             os.close(fd)
             return
-        section, base = loaded
+        section, base, coded = loaded
         self._file = _HeadFile(fd, base, section["at"])
         weakref.finalize(self, os.close, fd)
         self.table = HeadTable(
@@ -191,6 +192,7 @@ class RunIndex:
             shapes=section["shapes"],
             shape=section["shape"],
             data=section["data"],
+            coded=coded,
         )
         self._found = section["found"]
         self._decoded = False
@@ -325,12 +327,19 @@ class RunIndex:
         current = self._lock_rows()
         seen = [r for r in self._seen if self._keep[r] and current.get(self._locks[r]) == r]
         unseen = [r for r in current.values() if r not in self._seen and self._keep[r]]
-        if not self._dirty:
-            # all the file's runs listed, but in another order: write them in this one
-            if unseen or seen == list(range(self._loaded)) or len(seen) != self._loaded:
+        if self._dirty:
+            return seen + [r for r in unseen if os.path.exists(self._locks[r])]
+        if unseen:
+            # runs not listed: of other directories (kept), or removed (dropped, so that the
+            # next listing of the same runs is one comparison again); checked when few
+            if len(unseen) > max(_FEW_UNSEEN, self._loaded // 10):
                 return None
-            return seen
-        return seen + [r for r in unseen if os.path.exists(self._locks[r])]
+            kept = [r for r in unseen if os.path.exists(self._locks[r])]
+            return None if len(kept) == len(unseen) else seen + kept
+        # all the file's runs listed, but in another order: write them in this one
+        if seen == list(range(self._loaded)) or len(seen) != self._loaded:
+            return None
+        return seen
 
     def _encode(self, rows: list[int]) -> bytes:
         table = self.table.subset(rows)
@@ -346,6 +355,7 @@ class RunIndex:
                 ).key(),
                 "at": at,
                 "columns": table.columns,
+                "coded": {k: v.stored() for k, v in table.coded.items()},
                 "shapes": table.shapes,
                 "shape": table.shape,
                 "data": table.data,
@@ -395,8 +405,9 @@ class _HeadFile:
         return data if isinstance(data, dict) else None
 
 
-def _read_section(fd: int) -> tuple[dict[str, Any], int] | None:
-    """The table section of an index file and where its heads start; None when foreign."""
+def _read_section(fd: int) -> tuple[dict[str, Any], int, dict[str, Coded]] | None:
+    """The table section of an index file, where its heads start and its coded columns;
+    None when foreign."""
     magic, size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
     if magic != _MAGIC or _HEADER.size + size > os.fstat(fd).st_size:
         return None
@@ -404,7 +415,15 @@ def _read_section(fd: int) -> tuple[dict[str, Any], int] | None:
     if len(raw) != size:
         return None
     section = marshal.loads(raw)
-    return (section, _HEADER.size + size) if _valid(section) else None
+    if not _valid(section):
+        return None
+    coded: dict[str, Coded] = {}
+    for key, stored in section["coded"].items():
+        column = Coded.loaded(stored, len(section["shape"]))
+        if column is None or key in section["columns"]:
+            return None
+        coded[key] = column
+    return section, _HEADER.size + size, coded
 
 
 def _valid(section: Any) -> bool:
@@ -414,7 +433,7 @@ def _valid(section: Any) -> bool:
     lists = ("at", "shape", "data", "shapes")
     if not all(type(section[k]) is list for k in lists):
         return False
-    if type(section["columns"]) is not dict or type(section["errors"]) is not dict:
+    if any(type(section[k]) is not dict for k in ("columns", "coded", "errors")):
         return False
     if type(section["found"]) is not bytes:
         return False
@@ -424,7 +443,8 @@ def _valid(section: Any) -> bool:
     if any(type(v) is not list or len(v) != n for v in section["columns"].values()):
         return False
     shapes = section["shapes"]
-    if not all(type(s) is tuple and set(s) <= section["columns"].keys() for s in shapes):
+    keys = section["columns"].keys() | section["coded"].keys()
+    if not all(type(s) is tuple and set(s) <= keys for s in shapes):
         return False
     shape, at = section["shape"], section["at"]
     if shape and not (

@@ -11,7 +11,6 @@ YAML and makes no object per run; a :class:`Run` is made for a run only when ask
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import datetime as dt
 import glob
 import itertools
@@ -33,7 +32,7 @@ from ..errors import (
 )
 from ._run import Run
 from ._runindex import Found, RunIndex, Stamp, lock_stamp
-from ._table import ABSENT, HeadTable, data_hashes, head_record, take
+from ._table import ABSENT, Coded, HeadTable, data_hashes, head_record, take
 from ._where import (
     FIELDS,
     closest_keys,
@@ -322,15 +321,14 @@ class _Store:
         dead process's run is ``interrupted``, a live one's duration is its age."""
         table = self.ready()
         status = table.column("status")
-        running = [r for r in rows if status[r] == "running"]
-        if not running:
+        if "running" not in status:
             return
+        running = [r for r in rows if status[r] == "running"]
         status, duration = list(status), list(table.column("duration_s"))
         for row in running:
             run = self.run(row)
             status[row], duration[row] = run.status, run.duration_s
-        columns = {**table.columns, "status": status, "duration_s": duration}
-        self.table = dataclasses.replace(table, columns=columns)
+        self.table = table.replaced({"status": status, "duration_s": duration})
 
 
 class Runs(Sequence[Run]):
@@ -438,18 +436,33 @@ class Runs(Sequence[Run]):
     def _values(self, key: str) -> list[Any]:
         """The values of one record key, one per run (``ABSENT`` where a run has none);
         the list is shared: never change it."""
-        if self._columns is None:
-            self._columns = {}
-            self._order = _order_of(self._rows, len(self._store.ready()))
+        order = self._order()
         values = self._columns.get(key)
         if values is None:
             column = self._store.ready().column(key)
-            values = column[self._order] if self._order else take(column, self._rows)
+            values = column[order] if order else take(column, self._rows)
             self._columns[key] = values
         return values
 
-    _columns: dict[str, list[Any]] | None = None
-    _order: slice | None = None
+    _columns: dict[str, list[Any]]  # made by _order
+    _sliced: tuple[slice | None] | None = None
+
+    def _coded(self, key: str) -> Coded | None:
+        """The values of one record key dictionary-coded, one code per run, when the
+        column is held so (a config key's few values)."""
+        coded = self._store.ready().dictionary(key)
+        if coded is None:
+            return None
+        order = self._order()
+        return coded.take(self._rows) if order is None else coded.sliced(order)
+
+    def _order(self) -> slice | None:
+        """The slice of the table these runs are, when they are all of it in order or
+        reversed (newest first of runs named by their start): copied in C."""
+        if self._sliced is None:
+            self._columns = {}
+            self._sliced = (_order_of(self._rows, len(self._store.ready())),)
+        return self._sliced[0]
 
     def where(self, test: str | Callable[[Run], bool]) -> Runs:
         """The runs for which ``test`` (an expression or a predicate) holds.

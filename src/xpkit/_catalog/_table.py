@@ -11,6 +11,7 @@ keeps a table on disk as it is.
 
 from __future__ import annotations
 
+import array
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from .._core._flat import flatten
 from .._core._lock import RunLock
 
-__all__ = ["ABSENT", "HeadTable", "data_hashes", "head_commit", "head_record", "take"]
+__all__ = ["ABSENT", "Coded", "HeadTable", "data_hashes", "head_commit", "head_record", "take"]
 
 # the value of a key a run does not have: marshal stores Ellipsis, and no YAML value is it
 ABSENT: Any = ...
@@ -74,21 +75,131 @@ def take(values: Sequence[Any], rows: Sequence[int]) -> list[Any]:
     return list(operator.itemgetter(*rows)(values))
 
 
+# the types of values a column may be dictionary-coded with
+_SCALARS = frozenset({str, int, float, bool, type(None), type(ABSENT)})
+_NUMBERS = frozenset({int, float, bool})  # 1 == 1.0 == True: never two in one coded column
+_CODED_MAX = 1 << 16  # distinct values of a coded column, at most
+
+
+class Coded:
+    """A column as its distinct values and, per row, the index of its value.
+
+    A config key takes a handful of values across 100,000 runs: coded, it is a few values
+    and 100,000 bytes, which load as one object, and a listing formats each value once.
+    ``codes`` is ``bytes`` (fewer than 257 values) or a memoryview of 2-byte codes as
+    loaded, a list once rows are appended. A coded column holds scalars only, and never two
+    of the types whose values can be equal (1, 1.0, True), so that equal values are the
+    same value; a float zero is never coded (0.0 == -0.0).
+    """
+
+    __slots__ = ("_ids", "codes", "kinds", "values")
+
+    def __init__(self, values: list[Any], codes: Sequence[int]) -> None:
+        self.values = values
+        self.codes = codes
+        self.kinds = frozenset(map(type, values))
+        self._ids: dict[Any, int] | None = None
+
+    @classmethod
+    def of(cls, values: list[Any]) -> Coded | None:
+        """``values`` coded, or None when they are not worth coding or cannot be."""
+        n = len(values)
+        if n < 64:
+            return None
+        kinds = set(map(type, values))
+        if not kinds <= _SCALARS or len(kinds & _NUMBERS) > 1:
+            return None
+        if len(set(values[:256])) > 64:  # values that do not repeat
+            return None
+        distinct = list(dict.fromkeys(values))  # a NaN is its own value
+        if len(distinct) > min(_CODED_MAX, n // 2) or (float in kinds and 0.0 in distinct):
+            return None
+        ids = {v: i for i, v in enumerate(distinct)}
+        return cls(distinct, [ids[v] for v in values])
+
+    def decoded(self) -> list[Any]:
+        values = self.values
+        return [values[c] for c in self.codes]
+
+    def append(self, value: Any) -> bool:
+        """Add a row; False when ``value`` cannot be coded with the others."""
+        kind = type(value)
+        if kind not in self.kinds:
+            if kind not in _SCALARS or (kind in _NUMBERS and self.kinds & _NUMBERS):
+                return False
+            self.kinds = self.kinds | {kind}
+        if kind is float and value == 0.0:
+            return False
+        if self._ids is None:
+            self._ids = {v: i for i, v in enumerate(self.values)}
+            self.codes = list(self.codes)
+        code = self._ids.get(value)
+        if code is None:
+            if len(self.values) >= _CODED_MAX:
+                return False
+            code = self._ids[value] = len(self.values)
+            self.values.append(value)
+        self.codes.append(code)  # type: ignore[attr-defined]
+        return True
+
+    def take(self, rows: Sequence[int]) -> Coded:
+        """The column of ``rows``, in that order."""
+        return Coded(self.values, take(self.codes, rows))
+
+    def sliced(self, rows: slice) -> Coded:
+        """The column of a slice of its rows (a copy in C)."""
+        return Coded(self.values, self.codes[rows])
+
+    def stored(self) -> tuple[list[Any], bytes, int]:
+        """``(values, codes, bytes per code)`` as the run index stores them."""
+        codes = self.codes
+        if isinstance(codes, memoryview):
+            codes = codes.tolist()
+        if len(self.values) <= 256:
+            return self.values, bytes(codes), 1
+        return self.values, array.array("H", codes).tobytes(), 2
+
+    @classmethod
+    def loaded(cls, stored: Any, n: int) -> Coded | None:
+        """A column :meth:`stored` wrote for ``n`` rows; None when it is not one."""
+        if type(stored) is not tuple or len(stored) != 3:
+            return None
+        values, codes, size = stored
+        if type(values) is not list or type(codes) is not bytes or len(codes) != n * size:
+            return None
+        if not values or len(values) > _CODED_MAX or not set(map(type, values)) <= _SCALARS:
+            return None
+        if size == 1 and len(values) < 256:
+            if codes.translate(None, bytes(range(len(values)))):
+                return None  # a code beyond the values
+        elif size == 2:
+            view = memoryview(codes).cast("H")
+            if n and max(view) >= len(values):
+                return None
+            return cls(values, view)
+        elif size != 1:
+            return None
+        return cls(values, codes)
+
+
 @dataclass
 class HeadTable:
     """Records of many runs by column; rows are only ever appended.
 
     ``columns[key][row]`` is the value of ``key`` in that row's record, :data:`ABSENT` when
-    the run has no such key; ``shapes[shape[row]]`` is the row's keys in its record's order;
-    ``data[row]`` its data hashes (:func:`data_hashes`). A column may be shorter than the
-    table while rows are appended: :meth:`column` pads it.
+    the run has no such key, or ``coded[key]`` holds the column dictionary-coded;
+    ``shapes[shape[row]]`` is the row's keys in its record's order; ``data[row]`` its data
+    hashes (:func:`data_hashes`). A column may be shorter than the table while rows are
+    appended: :meth:`column` pads it.
     """
 
     columns: dict[str, list[Any]] = field(default_factory=dict)
     shapes: list[tuple[str, ...]] = field(default_factory=list)
     shape: list[int] = field(default_factory=list)
     data: list[dict[str, Any] | None] = field(default_factory=list)
+    coded: dict[str, Coded] = field(default_factory=dict)
     _shape_ids: dict[tuple[str, ...], int] = field(default_factory=dict, repr=False)
+    _decoded: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._shape_ids = {keys: i for i, keys in enumerate(self.shapes)}
@@ -105,6 +216,15 @@ class HeadTable:
             shape = self._shape_ids[keys] = len(self.shapes)
             self.shapes.append(keys)
         for key, value in record.items():
+            coded = self.coded.get(key)
+            if coded is not None:
+                self._decoded.pop(key, None)
+                while len(coded.codes) < row and coded.append(ABSENT):
+                    pass
+                if len(coded.codes) == row and coded.append(value):
+                    continue
+                self.columns[key] = coded.decoded()  # no longer codable: plain
+                del self.coded[key]
             values = self.columns.setdefault(key, [])
             if len(values) < row:
                 values.extend([ABSENT] * (row - len(values)))
@@ -117,10 +237,20 @@ class HeadTable:
         """Every row's value of ``key`` (:data:`ABSENT` where a run has none)."""
         values = self.columns.get(key)
         if values is None:
-            return [ABSENT] * len(self)
+            coded = self.coded.get(key)
+            if coded is None:
+                return [ABSENT] * len(self)
+            values = self._decoded.get(key)
+            if values is None:
+                values = self._decoded[key] = coded.decoded()
         if len(values) < len(self):
             values.extend([ABSENT] * (len(self) - len(values)))
         return values
+
+    def dictionary(self, key: str) -> Coded | None:
+        """The column of ``key`` dictionary-coded, when it is held so and whole."""
+        coded = self.coded.get(key)
+        return coded if coded is not None and len(coded.codes) == len(self) else None
 
     def keys(self, rows: Iterable[int]) -> set[str]:
         """Every record key of these rows."""
@@ -144,16 +274,44 @@ class HeadTable:
                 out[i] = dict(zip(keys, row_values, strict=True))
         return out
 
+    def replaced(self, columns: Mapping[str, list[Any]]) -> HeadTable:
+        """This table with some columns replaced by plain ones."""
+        coded = {k: v for k, v in self.coded.items() if k not in columns}
+        return HeadTable(
+            columns={**self.columns, **columns},
+            shapes=self.shapes,
+            shape=self.shape,
+            data=self.data,
+            coded=coded,
+        )
+
     def subset(self, rows: Sequence[int]) -> HeadTable:
-        """A new table of ``rows``, in that order, without the keys none of them has."""
+        """A new table of ``rows``, in that order, without the keys none of them has;
+        columns worth coding are coded."""
         old_shapes = take(self.shape, rows)
         kept = sorted(set(old_shapes))
         renumber = {old: new for new, old in enumerate(kept)}
         shapes = [self.shapes[s] for s in kept]
         keys = set().union(*shapes)
+        columns: dict[str, list[Any]] = {}
+        coded: dict[str, Coded] = {}
+        for key in [*self.columns, *self.coded]:
+            if key not in keys:
+                continue
+            was = self.dictionary(key)
+            if was is not None:
+                coded[key] = was.take(rows)
+                continue
+            values = take(self.column(key), rows)
+            now = Coded.of(values)
+            if now is None:
+                columns[key] = values
+            else:
+                coded[key] = now
         return HeadTable(
-            columns={k: take(self.column(k), rows) for k in self.columns if k in keys},
+            columns=columns,
             shapes=shapes,
             shape=[renumber[s] for s in old_shapes],
             data=take(self.data, rows),
+            coded=coded,
         )

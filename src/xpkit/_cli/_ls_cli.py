@@ -16,11 +16,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._catalog._runs import Runs
-from .._catalog._table import ABSENT
+from .._catalog._table import ABSENT, Coded
 from .._core._progress import duration_text
 from .._core._settings import load_settings
 from ._browse_cli import Column, _cell, _Out, _parser, _status_style, _when
@@ -112,8 +112,8 @@ def _ls_table(shown: Runs, found: Runs, out: _Out) -> None:
     pad = out.console is None  # rich pads by itself
     columns = [
         _column("id", shown._values("id"), str, pad=pad),
-        _column("stage", shown._values("stage"), str, pad=pad),
-        _column("status", shown._values("status"), str, pad=pad),
+        _key_column("stage", shown, "stage", str, pad=pad),
+        _key_column("status", shown, "status", str, pad=pad),
         _column("started", _when_cells(shown._values("started")), str, pad=pad),
         _column("duration", _duration_cells(shown._values("duration_s")), str, pad=pad),
     ]
@@ -124,7 +124,11 @@ def _ls_table(shown: Runs, found: Runs, out: _Out) -> None:
         marks = ["*" if row in changed else "" for row in shown._rows]
         columns.append(_column("data", marks, str, pad=pad))
     for key, header in zip(config + metrics, _short_names(config + metrics), strict=True):
-        columns.append(_value_column(header, shown._values(key), pad=pad))
+        coded = shown._coded(key)
+        if coded is not None:
+            columns.append(_coded_column(header, coded, _scalar_cell, pad=pad))
+        else:
+            columns.append(_value_column(header, shown._values(key), pad=pad))
     columns.append(Column("commit", [(c or "")[:7] for c in shown._values("commit")]))
     styles: list[Callable[[str], str | None] | None] = [lambda _: "cyan", None, _status_style]
     out.table(columns, styles=styles)
@@ -144,10 +148,13 @@ def _varying(keys: list[str], shown: Runs) -> list[str]:
     for key in keys:
         if key == "config.save_dir":
             continue
-        values = shown._values(key)
-        if groups is None:
-            varies = _varies(values)
+        coded = shown._coded(key) if groups is None else None
+        if coded is not None:  # one code per value, of one type (1, 1.0 and True apart)
+            varies = _codes_vary(coded.codes)
+        elif groups is None:
+            varies = _varies(shown._values(key))
         else:
+            values = shown._values(key)
             varies = any(_varies([values[i] for i in group]) for group in groups)
         if varies:
             out.append(key)
@@ -169,6 +176,17 @@ def _varies(values: list[Any]) -> bool:
     if kinds <= _SCALARS:  # one type: equality is sameness, and list.count runs in C
         return values.count(values[0]) != len(values)
     return _varies_among(values)
+
+
+def _codes_vary(codes: Sequence[int]) -> bool:
+    if not codes:
+        return False
+    first = codes[0]
+    if any(code != first for code in codes[:64]):  # a column that varies mostly does so early
+        return True
+    if isinstance(codes, (bytes, list)):
+        return codes.count(first) != len(codes)  # in C
+    return len(set(codes)) > 1
 
 
 def _varies_among(values: list[Any]) -> bool:
@@ -206,6 +224,34 @@ def _column(header: str, values: list[Any], cell: Callable[[Any], str], *, pad: 
     if min(map(len, cells)) != width:
         cells = [c.ljust(width) for c in cells]
     return Column(header, cells, width)
+
+
+def _key_column(
+    header: str, shown: Runs, key: str, cell: Callable[[Any], str], *, pad: bool
+) -> Column:
+    """The column of a record key, from its codes when it is dictionary-coded."""
+    coded = shown._coded(key)
+    if coded is not None:
+        return _coded_column(header, coded, cell, pad=pad)
+    return _column(header, shown._values(key), cell, pad=pad)
+
+
+def _coded_column(header: str, coded: Coded, cell: Callable[[Any], str], *, pad: bool) -> Column:
+    """As :func:`_column` makes it, from a dictionary-coded column: each value formatted
+    and padded once, a cell per run picked by its code."""
+    texts = [cell(value) for value in coded.values]
+    width = max([len(header), *(len(texts[code]) for code in _present(coded))])
+    if pad:
+        texts = [text.ljust(width) for text in texts]
+    return Column(header, [texts[code] for code in coded.codes], width if pad else None)
+
+
+def _present(coded: Coded) -> list[int]:
+    """The codes that occur (a few values: one search in C each)."""
+    codes = coded.codes
+    if type(codes) is bytes and len(coded.values) <= 32:
+        return [code for code in range(len(coded.values)) if bytes((code,)) in codes]
+    return list(set(codes))
 
 
 def _memo(values: list[Any], cell: Callable[[Any], str]) -> dict[Any, str] | None:
