@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import time
@@ -56,6 +57,24 @@ def test_started_cells_are_local_time_as_one_at_a_time(zone: str) -> None:
     across a change of summer time, for odd shapes and for no date."""
     expected = [_when(None if v is ABSENT else v) for v in DATES]
     assert _when_cells(DATES) == expected, zone
+
+
+def test_columns_of_dates_as_runs_write_them_are_cut_as_one_at_a_time(zone: str) -> None:
+    """A year of start times every 37 minutes, written in UTC, in the local offset of the
+    moment, with microseconds: cut out of their texts when local time had their offsets
+    throughout, and each cell what _when writes, in any zone."""
+    from xpkit._cli._ls_cli import _cut_local_dates
+
+    base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    moments = [base + dt.timedelta(minutes=37 * i) for i in range(14_300)]
+    utc = [m.isoformat() for m in moments]
+    local = [m.astimezone().isoformat() for m in moments]
+    micro = [(m + dt.timedelta(microseconds=7)).astimezone().isoformat() for m in moments]
+    for column in (utc, local, micro, [*local, "not a date"], [*local, "2024-06-01T12:00"]):
+        assert _when_cells(column) == [_when(v) for v in column], zone
+    assert _cut_local_dates(local) is not None
+    assert _cut_local_dates(micro) is not None
+    assert (_cut_local_dates(utc) is not None) == (zone == "UTC")
 
 
 def test_duration_cells_are_duration_text() -> None:

@@ -490,6 +490,9 @@ class Runs(Sequence[Run]):
         descending = key.startswith("-") != reverse
         name = self._sort_field(key)
         values = _sort_values(self._values(name), name)
+        if None not in values:  # every run has the field (a C scan)
+            order = sorted(range(len(values)), key=values.__getitem__, reverse=descending)
+            return self._derive(take(self._rows, order))
         present = [i for i, v in enumerate(values) if v is not None]
         present.sort(key=values.__getitem__, reverse=descending)
         missing = [i for i, v in enumerate(values) if v is None]

@@ -13,10 +13,11 @@ import io
 import itertools
 import json
 import math
+import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._catalog._runs import Runs
@@ -114,8 +115,8 @@ def _ls_table(shown: Runs, found: Runs, out: _Out) -> None:
         _column("id", shown._values("id"), str, pad=pad),
         _key_column("stage", shown, "stage", str, pad=pad),
         _key_column("status", shown, "status", str, pad=pad),
-        _column("started", _when_cells(shown._values("started")), str, pad=pad),
-        _column("duration", _duration_cells(shown._values("duration_s")), str, pad=pad),
+        _text_column("started", _when_cells(shown._values("started")), pad=pad),
+        _text_column("duration", _duration_cells(shown._values("duration_s")), pad=pad),
     ]
     if "sweep" in keys:
         columns.append(_column("sweep", shown._values("sweep"), _sweep_cell, pad=pad))
@@ -218,9 +219,14 @@ def _column(header: str, values: list[Any], cell: Callable[[Any], str], *, pad: 
             memo = {v: c.ljust(width) for v, c in memo.items()}
         return Column(header, list(map(memo.__getitem__, values)), width if pad else None)
     cells = values if cell is str and set(map(type, values)) == {str} else list(map(cell, values))
-    if not pad:
+    return _text_column(header, cells, pad=pad)
+
+
+def _text_column(header: str, cells: list[str], *, pad: bool) -> Column:
+    """A column of cells already written, padded to one width when ``pad``."""
+    if not pad or not cells:
         return Column(header, cells)
-    width = max([len(header), *map(len, cells)])
+    width = max(len(header), max(map(len, cells)))
     if min(map(len, cells)) != width:
         cells = [c.ljust(width) for c in cells]
     return Column(header, cells, width)
@@ -269,7 +275,7 @@ def _value_column(header: str, values: list[Any], *, pad: bool) -> Column:
     has no such key)."""
     kinds = set(map(type, values))
     if kinds == {float} and len(set(values[:256])) > 64:  # as _cell writes floats, in C
-        return _column(header, list(map(format, values, itertools.repeat(".6g"))), str, pad=pad)
+        return _text_column(header, list(map(format, values, itertools.repeat(".6g"))), pad=pad)
     if kinds <= _SCALARS and len(kinds & {int, float, bool}) <= 1:
         return _column(header, values, _scalar_cell, pad=pad)
     return _column(header, [_scalar_cell(v) for v in values], str, pad=pad)
@@ -290,6 +296,9 @@ def _cells(values: list[Any]) -> list[str]:
 def _when_cells(values: list[Any]) -> list[str]:
     """``started`` in local time, as :func:`_when` writes it. A date written with the UTC
     offset local time had throughout its hour (as runs write it) is cut out of its text."""
+    cut = _cut_local_dates(values)
+    if cut is not None:
+        return cut
     hours: dict[str, bool] = {}  # "YYYY-MM-DDTHH+HH:MM" -> its offset is local time's
     out = []
     for value in values:
@@ -307,6 +316,39 @@ def _when_cells(values: list[Any]) -> list[str]:
             local = hours[hour] = _local_hour(when)
         out.append(value[:10] + " " + value[11:19] if local else _when(when))
     return out
+
+
+_LAYOUT = operator.itemgetter(slice(4, 17, 3))  # "--T::" in a plain ISO date
+_HOUR = operator.itemgetter(slice(0, 13))  # "YYYY-MM-DDTHH"
+_OFFSET = operator.itemgetter(slice(-6, None))  # "+HH:MM"
+
+
+def _cut_local_dates(values: list[Any]) -> list[str] | None:
+    """The cells of a column of plain ISO dates (:func:`_plain_iso`) all in offsets local
+    time had throughout their hours, cut out of their texts a column at a time; None for
+    any other column."""
+    if not values or set(map(type, values)) != {str}:
+        return None
+    try:
+        all(map(dt.datetime.fromisoformat, values))  # each a date (a datetime is true)
+    except ValueError:
+        return None
+    if set(map(_LAYOUT, values)) != {"--T::"}:
+        return None
+    offsets = set(map(_OFFSET, values))
+    hours: Iterable[tuple[str, str]]
+    if len(offsets) == 1:  # runs of one machine in one season, or in UTC
+        hours = itertools.product(set(map(_HOUR, values)), offsets)
+    else:
+        hours = set(zip(map(_HOUR, values), map(_OFFSET, values), strict=True))
+    for hour, offset in hours:
+        text = f"{hour}:00:00{offset}"
+        try:
+            if not _plain_iso(text) or not _local_hour(dt.datetime.fromisoformat(text)):
+                return None
+        except ValueError:
+            return None
+    return [v[:10] + " " + v[11:19] for v in values]
 
 
 def _local_hour(when: dt.datetime) -> bool:
