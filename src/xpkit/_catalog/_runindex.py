@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import marshal
+import mmap
 import os
 import struct
 import sys
@@ -43,12 +44,11 @@ __all__ = ["Found", "RunIndex", "Stamp", "lock_stamp"]
 
 Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino) of a run.lock
 
-_MAGIC = b"xpkit runindex10"  # the last 1-2 characters are the version
+_MAGIC = b"xpkit runindex11"  # the last 1-2 characters are the version
 _HEADER = struct.Struct("<16sQ")
 # A lock modified this recently may be rewritten within the same mtime tick (the "racily
 # clean" problem of git): its head is used but not cached.
 _RACY_NS = 2_000_000_000
-_NAME_CHARS = 40
 _FEW_UNSEEN = 1000  # runs of the file a listing did not find, checked for removal
 _LOCK_FIELDS = frozenset(f.name for f in dataclasses.fields(RunLock)) - {"extra"}
 _SECTION_KEYS = ("found", "at", "columns", "coded", "shapes", "shape", "data", "errors")
@@ -411,10 +411,17 @@ def _read_section(fd: int) -> tuple[dict[str, Any], int, dict[str, Coded]] | Non
     magic, size = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
     if magic != _MAGIC or _HEADER.size + size > os.fstat(fd).st_size:
         return None
-    raw = os.pread(fd, size, _HEADER.size)
-    if len(raw) != size:
-        return None
-    section = marshal.loads(raw)
+    try:  # mapped, not read: marshal reads it in place (28 MB for 100,000 runs)
+        with (
+            mmap.mmap(fd, _HEADER.size + size, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped)[_HEADER.size :] as view,
+        ):
+            section = marshal.loads(view)
+    except (OSError, ValueError, BufferError):  # a file that cannot be mapped: read it
+        raw = os.pread(fd, size, _HEADER.size)
+        if len(raw) != size:
+            return None
+        section = marshal.loads(raw)
     if not _valid(section):
         return None
     coded: dict[str, Coded] = {}
@@ -458,14 +465,13 @@ def _valid(section: Any) -> bool:
 
 
 def _interned(value: Any) -> Any:
-    """``value`` with its mapping keys and short names interned: marshal writes an
-    interned string once and refers to it after."""
+    """``value`` with its mapping keys interned: marshal writes an interned string once and
+    refers to it after. Values are left alone: an interned id or commit in the table would
+    be interned again by every load (100,000 of them: 30 ms)."""
     if isinstance(value, dict):
         return {(sys.intern(k) if type(k) is str else k): _interned(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_interned(v) for v in value]
-    if type(value) is str and len(value) <= _NAME_CHARS and value.isidentifier():
-        return sys.intern(value)
     return value
 
 
