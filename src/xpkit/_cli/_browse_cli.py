@@ -116,22 +116,26 @@ class Column:
 
 
 def _plain_table(columns: Sequence[Column], *, rows_at_once: int = 4096) -> Iterator[str]:
-    """Aligned columns, two spaces apart, no trailing spaces: the text of a few thousand
-    lines at a time (the lines of 100,000 runs at once would take memory)."""
-    parts = [_padded(c) for c in columns[:-1]]
-    parts.append([columns[-1].header, *columns[-1].cells])
-    lines = map(str.rstrip, map("  ".join, zip(*parts, strict=True)))
+    """Aligned columns, two spaces apart, no trailing spaces: the header line, then the
+    text of a few thousand lines at a time (the lines of 100,000 runs at once would take
+    memory)."""
+    padded = [_padded(c) for c in columns[:-1]]
+    heads = [c.header.ljust(width) for c, (width, _) in zip(columns, padded, strict=False)]
+    yield "  ".join([*heads, columns[-1].header]).rstrip() + "\n"
+    cells = [*(cells for _, cells in padded), columns[-1].cells]
+    lines = map(str.rstrip, map("  ".join, zip(*cells, strict=True)))
     while chunk := list(itertools.islice(lines, rows_at_once)):
-        yield "\n".join(chunk) + "\n"
+        chunk.append("")
+        yield "\n".join(chunk)
 
 
-def _padded(column: Column) -> list[str]:
-    """The header and cells of ``column``, each padded to the column's width."""
+def _padded(column: Column) -> tuple[int, Sequence[str]]:
+    """The width of ``column`` and its cells padded to it."""
     width, cells = column.width, column.cells
     if width is None:
         width = max([len(column.header), *map(len, cells)])
         cells = [c.ljust(width) for c in cells]
-    return [column.header.ljust(width), *cells]
+    return width, cells
 
 
 def _status_style(status: str) -> str | None:
