@@ -246,9 +246,12 @@ def _listings(capsys: pytest.CaptureFixture[str]) -> list[str]:
 def test_listings_from_coded_columns_are_those_from_plain_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Tables, CSV and JSON of 150 runs whose config keys repeat (ints, floats, strings,
-    booleans, None, missing keys), listed cold, from the index, and after runs whose values
-    cannot be coded with the others join them: the same text as with no column coded."""
+    """Tables, CSV, JSON and DataFrames of 150 runs whose config keys repeat (ints, floats,
+    strings, booleans, None, missing keys), listed cold, from the index, after runs are
+    removed and after runs whose values cannot be coded with the others join them: the same
+    as with no column coded."""
+    import pandas as pd
+
     import xpkit as xp
     from xpkit._catalog._table import Coded
 
@@ -267,25 +270,38 @@ def test_listings_from_coded_columns_are_those_from_plain_ones(
     index = tmp_path / "results" / ".xpkit" / "runs.marshal"
 
     def plain() -> list[str]:
+        """The listings with no column coded (the index put back after)."""
+        kept = index.read_bytes() if index.exists() else None
         with monkeypatch.context() as m:
             m.setattr(Coded, "of", classmethod(lambda cls, values: None))
             index.unlink(missing_ok=True)
             listed = _listings(capsys)
-            index.unlink()
-            return listed
+            frames.append(xp.runs().to_pandas())
+        index.unlink()
+        if kept is not None:
+            index.write_bytes(kept)
+        return listed
+
+    def listings() -> list[str]:
+        listed = _listings(capsys)
+        pd.testing.assert_frame_equal(xp.runs().to_pandas(), frames[-1])
+        return listed
+
+    frames: list[pd.DataFrame] = []
 
     expected = plain()
-    assert _listings(capsys) == expected  # cold: read, coded, saved
+    assert listings() == expected  # cold: read, coded, saved
     table = xp.runs()._store.table
     assert {"config.lr", "config.depth", "config.name", "config.flag"} <= table.coded.keys()
-    assert _listings(capsys) == expected  # from the index
+    assert listings() == expected  # from the index
     for i in (7, 8):  # the runs of the long value: the index keeps the value, not its runs
         shutil.rmtree(tmp_path / "results" / "s" / f"r{i:04d}")
-    first = _listings(capsys)
+    expected = plain()
+    assert listings() == expected
     assert "a-long-mode-name" in xp.runs()._store.table.coded["config.mode"].values
-    assert first == _listings(capsys) == plain()
+    assert listings() == expected
     _write_runs(tmp_path, 150, [{"lr": 1, "depth": True, "name": ["x"], "flag": 0.0}] * 3)
     expected = plain()
-    assert _listings(capsys) == expected
-    assert _listings(capsys) == expected
+    assert listings() == expected
+    assert listings() == expected
     assert not {"config.lr", "config.depth", "config.name"} & xp.runs()._store.table.coded.keys()

@@ -565,7 +565,7 @@ class Runs(Sequence[Run]):
         except ImportError:
             raise missing_extra("pandas", "pandas") from None
         names = dict.fromkeys([*BASE_COLUMNS, *self._key_order()])
-        data = {name: _frame_column(self._values(name)) for name in names}
+        data = {name: self._frame_data(name) for name in names}
         frame = pd.DataFrame({name: column for name, (column, _) in data.items()})
         frame["started"] = pd.to_datetime(frame["started"], utc=True, format="ISO8601")
         for name in list(names)[len(BASE_COLUMNS) :]:
@@ -573,6 +573,34 @@ class Runs(Sequence[Run]):
             if kind is not None:
                 frame[name] = frame[name].astype(kind)
         return frame
+
+    def _frame_data(self, key: str) -> tuple[Any, str | None]:
+        """The column of ``key`` for pandas (see :func:`_frame_column`); a coded column of
+        ints or floats is one numpy take of its values by its codes."""
+        coded = self._coded(key)
+        if coded is not None:
+            made = _frame_coded(coded)
+            if made is not None:
+                return made, None
+        return _frame_column(self._values(key))
+
+
+def _frame_coded(coded: Coded) -> Any:
+    """A coded column of ints only or floats only as a numpy array, else None."""
+    import numpy as np
+
+    present = coded.present()
+    kinds = {type(coded.values[code]) for code in present}
+    dtype = {int: np.int64, float: np.float64}.get(kinds.pop()) if len(kinds) == 1 else None
+    if dtype is None:
+        return None
+    values = np.zeros(len(coded.values), dtype=dtype)
+    try:
+        values[present] = [coded.values[code] for code in present]
+    except OverflowError:  # an int beyond int64: objects, as _frame_column keeps them
+        return None
+    codes = coded.codes
+    return values[np.frombuffer(codes, np.uint8) if type(codes) is bytes else np.asarray(codes)]
 
 
 def _order_of(rows: list[int], n: int) -> slice | None:

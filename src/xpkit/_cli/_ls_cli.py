@@ -246,18 +246,10 @@ def _coded_column(header: str, coded: Coded, cell: Callable[[Any], str], *, pad:
     """As :func:`_column` makes it, from a dictionary-coded column: each value formatted
     and padded once, a cell per run picked by its code."""
     texts = [cell(value) for value in coded.values]
-    width = max([len(header), *(len(texts[code]) for code in _present(coded))])
+    width = max([len(header), *(len(texts[code]) for code in coded.present())])
     if pad:
         texts = [text.ljust(width) for text in texts]
     return Column(header, [texts[code] for code in coded.codes], width if pad else None)
-
-
-def _present(coded: Coded) -> list[int]:
-    """The codes that occur (a few values: one search in C each)."""
-    codes = coded.codes
-    if type(codes) is bytes and len(coded.values) <= 32:
-        return [code for code in range(len(coded.values)) if bytes((code,)) in codes]
-    return list(set(codes))
 
 
 def _memo(values: list[Any], cell: Callable[[Any], str]) -> dict[Any, str] | None:
