@@ -305,3 +305,35 @@ def test_listings_from_coded_columns_are_those_from_plain_ones(
     assert listings() == expected
     assert listings() == expected
     assert not {"config.lr", "config.depth", "config.name"} & xp.runs()._store.table.coded.keys()
+
+
+def test_rereading_every_run_decodes_no_column_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run.lock touched after the index coded its columns (a checkout, a copy): the
+    listing reads each head again into the coded columns, decoding each column at most
+    once, not once per run."""
+    import xpkit as xp
+    from xpkit._catalog._table import Coded
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    _write_runs(tmp_path, 0, [{"lr": [0.1, 0.01][i % 2], "depth": i % 3} for i in range(300)])
+    assert len(xp.runs()) == 300
+    assert {"config.lr", "config.depth"} <= xp.runs()._store.table.coded.keys()
+    later = time.time_ns() - 1800 * 10**9
+    for lock in (tmp_path / "results").rglob("run.lock"):
+        os.utime(lock, ns=(later, later))
+    decoded = 0
+    real = Coded.decoded
+
+    def counted(self: Coded) -> list[object]:
+        nonlocal decoded
+        decoded += 1
+        return real(self)
+
+    monkeypatch.setattr(Coded, "decoded", counted)
+    found = xp.runs()
+    assert len(found) == 300
+    assert found.where("lr > 0.05 and depth == 2")
+    assert decoded <= 20

@@ -182,6 +182,13 @@ def test_a_damaged_index_file_is_never_trusted(project: Path) -> None:
         data = marshal.dumps({**section, **changed})
         return _HEADER.pack(_MAGIC, len(data)) + data + good[24 + size :]
 
+    def recoded(stored: tuple[object, ...]) -> bytes:
+        """config.lr (0.1 in every run) as a coded column stored as given."""
+        plain = {k: v for k, v in section["columns"].items() if k != "config.lr"}
+        return framed({"columns": plain, "coded": {"config.lr": stored}})
+
+    assert section["columns"]["config.lr"] == [0.1] * 20
+    assert recoded(([0.1], b"\x00" * 20, 1))  # as it would be stored
     damaged = [good[:n] for n in (0, 10, 24, 100, 24 + size, len(good) - 7)]
     damaged += [good[:200] + bytes(b ^ 0xFF for b in good[200:260]) + good[260:]]
     damaged += [b"xpkit runindex 6" + good[16:], good[:16] + struct.pack("<Q", 10**12) + good[24:]]
@@ -193,6 +200,13 @@ def test_a_damaged_index_file_is_never_trusted(project: Path) -> None:
         framed({"shape": section["shape"][:-1]}),
         framed({"at": list(reversed(section["at"]))}),
         framed({"columns": {"id": [1]}}),
+        recoded(([0.1], b"\x01" * 20, 1)),  # a code beyond the values
+        recoded(([0.1], b"\x00" * 19, 1)),  # a row short
+        recoded(([1, True], b"\x00\x01" * 10, 1)),  # 1 == True: not a column it codes
+        recoded(([[0.1]], b"\x00" * 20, 1)),
+        recoded(([0.1], b"\x00" * 20, 3)),
+        framed({"coded": {"id": (["a"], b"\x00" * 20, 1)}}),  # also a plain column
+        framed({"coded": []}),
         framed({"errors": {"x": "no"}}),
     ]
     for blob in damaged:

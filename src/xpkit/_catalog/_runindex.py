@@ -7,13 +7,13 @@ unchanged runs stats each run.lock and loads the table in one ``marshal.loads``:
 no object per run; a head is read back from the file only when a ``Run`` asks for it.
 
 The file: 16 bytes of magic and version, the length of the table section (8 bytes, little
-endian), the table section (one marshal: the lock paths and stamps of its rows, head
-offsets, the table, the locks that could not be read and why), then the heads one after
-another. The runs and stamps are kept as the bytes of :meth:`Found.key` (a marshal of
-version 0, which writes equal values as equal bytes): a listing of the same unchanged runs
-makes the same bytes, and one comparison stands for 100,000 (decoding them takes longer).
-It is replaced atomically; an index keeps the file it loaded open, so its heads stay those
-of its table.
+endian), the table section (one marshal: the runs and stamps of its rows, head offsets, the
+table's plain and coded columns, the locks that could not be read and why), mapped and
+loaded in place, then the heads one after another. The runs and stamps are kept as the
+bytes of :meth:`Found.key` (a marshal of version 0, which writes equal values as equal
+bytes): a listing of the same unchanged runs makes the same bytes, and one comparison
+stands for 100,000 (decoding them takes longer). It is replaced atomically; an index keeps
+the file it loaded open, so its heads stay those of its table.
 
 A head read from a lock modified in the last two seconds is used but not cached: another
 write within the same mtime tick could keep its stamp (git's "racily clean" problem).
@@ -264,8 +264,7 @@ class RunIndex:
         data = self._heads.get(row)
         if data is None:
             data = self._file.head(row)
-        ids = self.table.column("id")
-        if data is None or row >= len(ids) or data.get("id") != ids[row]:
+        if data is None or row >= len(self.table) or data.get("id") != self.table.value("id", row):
             return None
         return _trusted(data)
 

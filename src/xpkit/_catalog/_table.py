@@ -4,9 +4,10 @@ A listing of 100,000 runs filters, sorts and prints a few columns of 100,000 val
 built as one dict per run it spends most of its time making and reading dicts. A
 :class:`HeadTable` keeps each record key (``id``, ``status``, ``config.lr``,
 ``metrics.acc``...) as one list indexed by row, :data:`ABSENT` where a run does not have
-the key, and each row's key order (its *shape*) so that a row turns back into exactly the
-record :func:`head_record` made. Every value is one ``marshal`` can store, so the run index
-keeps a table on disk as it is.
+the key, or, when its values repeat (a config key), as a :class:`Coded` column; and each
+row's key order (its *shape*) so that a row turns back into exactly the record
+:func:`head_record` made. Every value is one ``marshal`` can store, so the run index keeps
+a table on disk as it is.
 """
 
 from __future__ import annotations
@@ -174,8 +175,11 @@ class Coded:
         values, codes, size = stored
         if type(values) is not list or type(codes) is not bytes or len(codes) != n * size:
             return None
-        if not values or len(values) > _CODED_MAX or not set(map(type, values)) <= _SCALARS:
+        kinds = set(map(type, values))
+        if not values or len(values) > _CODED_MAX or not kinds <= _SCALARS:
             return None
+        if len(kinds & _NUMBERS) > 1 or (float in kinds and 0.0 in values):
+            return None  # not a column this module codes
         if size == 1 and len(values) < 256:
             if codes.translate(None, bytes(range(len(values)))):
                 return None  # a code beyond the values
@@ -265,7 +269,17 @@ class HeadTable:
 
     def record(self, row: int) -> dict[str, Any]:
         """The record of one row, as :func:`head_record` made it."""
-        return {key: self.column(key)[row] for key in self.shapes[self.shape[row]]}
+        return {key: self.value(key, row) for key in self.shapes[self.shape[row]]}
+
+    def value(self, key: str, row: int) -> Any:
+        """The value of ``key`` in one row, no column decoded (:data:`ABSENT` when none)."""
+        values = self.columns.get(key)
+        if values is not None:
+            return values[row] if row < len(values) else ABSENT
+        coded = self.coded.get(key)
+        if coded is None or row >= len(coded.codes):
+            return ABSENT
+        return coded.values[coded.codes[row]]
 
     def records(self, rows: Sequence[int]) -> list[dict[str, Any]]:
         """The records of ``rows``, built a shape at a time."""
