@@ -291,11 +291,12 @@ class RunIndex:
             raise
         self._errors.pop(lock, None)
         data = _interned(head.to_dict())
-        row = self.table.append(head_record(head), data_hashes(head))
+        record = head_record(head)
+        row = self.table.append(record, data_hashes(head))
         self._locks.append(lock)
         self._stamps.append(stamp)
         self._heads[row] = data
-        self._keep.append(not racy and _storable((data, self.table.record(row))))
+        self._keep.append(not racy and _storable((data, record)))
         by_lock = self._lock_rows()
         if racy:
             by_lock.pop(lock, None)  # read it again next time
