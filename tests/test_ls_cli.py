@@ -337,3 +337,37 @@ def test_rereading_every_run_decodes_no_column_per_run(
     assert len(found) == 300
     assert found.where("lr > 0.05 and depth == 2")
     assert decoded <= 20
+
+
+def test_json_is_that_of_the_indenting_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``xp ls -f json`` writes each record as json.dumps(records, indent=2) would, NaN and
+    infinities as null: flat records, nested values, text beyond ASCII, quotes and commas."""
+    import json
+    import math
+
+    import xpkit as xp
+    from xpkit._cli._ls_cli import ls_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    configs: list[dict[str, object]] = [
+        {"lr": 0.1, "name": 'a "b", c: NaN'},
+        {"lr": float("nan"), "name": "é"},
+        {"lr": float("-inf"), "tags": ["x", {"y": 1}]},
+        {"opt": {"beta": [0.9, 0.99]}, "flag": True},
+        {"flag": None, "n": 10**30},
+    ]
+    _write_runs(tmp_path, 0, configs)
+    assert ls_command(["-f", "json"]) == 0
+    written = capsys.readouterr().out
+
+    def plain(value: object) -> object:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    records = [{k: plain(v) for k, v in r.items()} for r in xp.runs().records()]
+    assert written == json.dumps(records, indent=2, default=str) + "\n"
+    assert '"config.tags": [\n' in written  # nested: the slow way
+    assert ls_command(["-f", "json", "--where", "lr > 100"]) == 0
+    assert capsys.readouterr().out == "[]\n"
