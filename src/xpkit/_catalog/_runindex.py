@@ -81,6 +81,11 @@ class Found:
         else:
             self.groups.append((parent, names, stamps))
 
+    def add_dir(self, run_dir: str, stamp: Stamp) -> None:
+        """One run, by its directory."""
+        parent, name = os.path.split(run_dir.rstrip(os.sep) or run_dir)
+        self.add(parent, [name], [stamp])
+
     def __len__(self) -> int:
         return sum(len(names) for _, names, _ in self.groups)
 
@@ -136,8 +141,7 @@ class Found:
         found = cls()
         cut = len(os.sep + LOCK)
         for lock, stamp in zip(locks, stamps, strict=True):
-            parent, name = os.path.split(lock[:-cut])
-            found.add(parent, [name], [stamp])
+            found.add_dir(lock[:-cut], stamp)
         return found
 
     def _prefixes(self) -> Iterator[tuple[str, list[str]]]:

@@ -165,8 +165,7 @@ class _Walk:
 
     def add_run(self, run_dir: str, stamp: Stamp, real: str) -> None:
         """A run reached by its own path, which resolves to ``real``."""
-        parent, name = os.path.split(run_dir)
-        self.found.add(parent, [name], [stamp])
+        self.found.add_dir(run_dir, stamp)
         self._where.append((real, True))
 
     def runs(self) -> Found:
@@ -358,8 +357,7 @@ class Runs(Sequence[Run]):
             except OSError as e:
                 skipped.append(f"{lock}: cannot read run.lock ({e.strerror})")
                 continue
-            parent, name = os.path.split(run_dir)
-            found.add(parent, [name], [stamp])
+            found.add_dir(run_dir, stamp)
         loaded = cls._of(found, settings=settings or load_settings())
         loaded.skipped[:0] = skipped
         return loaded
