@@ -371,3 +371,32 @@ def test_json_is_that_of_the_indenting_encoder(
     assert '"config.tags": [\n' in written  # nested: the slow way
     assert ls_command(["-f", "json", "--where", "lr > 100"]) == 0
     assert capsys.readouterr().out == "[]\n"
+
+
+def test_a_column_of_many_values_is_coded_two_bytes_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """300 values of a config key over 1,200 runs: two bytes a run, listed newest first (the
+    codes read backwards) and filtered, as with no column coded."""
+    import pandas as pd
+
+    import xpkit as xp
+    from xpkit._catalog._table import Coded
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
+    configs: list[dict[str, object]] = [
+        {"lr": 0.1 * (i % 2 + 1), "k": i // 4, "flag": i % 3 == 0, "name": "abc"[i % 3]}
+        for i in range(1200)
+    ]
+    _write_runs(tmp_path, 0, configs)
+    with monkeypatch.context() as m:
+        m.setattr(Coded, "of", classmethod(lambda cls, values: None))
+        expected = _listings(capsys)
+        frame = xp.runs().to_pandas()
+    (tmp_path / "results" / ".xpkit" / "runs.marshal").unlink()
+    assert _listings(capsys) == expected
+    assert _listings(capsys) == expected  # from the index
+    column = xp.runs()._store.table.coded["config.k"]
+    assert (len(column.values), type(column.codes)) == (300, memoryview)
+    pd.testing.assert_frame_equal(xp.runs().to_pandas(), frame)
