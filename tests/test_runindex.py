@@ -74,13 +74,15 @@ def _listed() -> dict[str, tuple[str, str, object]]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project whose results/train holds 20 runs written an hour ago."""
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Path:
+    """A project whose results/train holds 20 runs (or the number given) written an hour ago."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XPKIT_ROOT", str(tmp_path))
     clear_settings_cache()
     train = tmp_path / "results" / "train"
-    for i in range(20):
+    for i in range(getattr(request, "param", 20)):
         d = train / f"r{i:03d}"
         d.mkdir(parents=True)
         lock = RunLock(id=f"r{i:03d}", stage="train", dir=str(d), status="completed",
@@ -91,6 +93,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize("project", [20, 100], indirect=True)  # 100: columns coded
 def test_listings_stay_true_while_other_processes_add_remove_and_rewrite(
     project: Path,
 ) -> None:
@@ -119,6 +122,8 @@ def test_listings_stay_true_while_other_processes_add_remove_and_rewrite(
     assert _listed() == truth  # now cached
     assert (project / "results" / ".xpkit" / "runs.marshal").is_file()
     assert _listed() == truth
+    coded = RunIndex(_index_file(project)).table.coded
+    assert ("config.lr" in coded) == (len(truth) >= 64)
 
 
 def test_a_lock_rewritten_in_the_same_tick_is_never_served_stale(tmp_path: Path) -> None:
