@@ -10,13 +10,13 @@ correctly, just slower.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .._core import _yaml
 from .._core._lock import RunLock, decode_lock, load_lock
 from .._core._yaml import load_yaml
 from ..errors import LockError, LockVersionError
@@ -67,7 +67,7 @@ def _head_dict(text: str) -> dict[str, Any] | None:
     except (_Unsupported, ValueError):  # ValueError: an integer of more than 4300 digits
         try:
             data = load_yaml(head)
-        except yaml.YAMLError:
+        except _yaml.YAMLError:
             return None
     return data if isinstance(data, dict) and "xpkit" in data else None
 
@@ -88,12 +88,21 @@ class _Unsupported(Exception):
 _KEY_LINE = re.compile(r"( *)([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?\Z")
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
 _FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+(?:[eE][-+][0-9]+)?\Z")
-_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
 _WORDS: dict[str, Any] = {"null": None, "Null": None, "NULL": None, "~": None}
 _WORDS.update(dict.fromkeys(["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"], True))
 _WORDS.update(
     dict.fromkeys(["false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"], False)
 )
+
+
+@functools.cache
+def _resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    """PyYAML's implicit resolvers (what a plain scalar reads as), by first character."""
+    import yaml
+
+    resolvers: dict[str, list[tuple[str, re.Pattern[str]]]]
+    resolvers = yaml.resolver.Resolver.yaml_implicit_resolvers
+    return resolvers
 
 
 def _scalar(text: str) -> Any:
@@ -114,7 +123,7 @@ def _scalar(text: str) -> Any:
         raise _Unsupported
     if text.isascii() and text.isdigit() and (first != "0" or text == "0"):
         return int(text)  # the commonest config value, without the regular expressions
-    for tag, regexp in _RESOLVERS.get(first, ()):
+    for tag, regexp in _resolvers().get(first, ()):
         if regexp.match(text):
             if tag.endswith(":int") and _INT.match(text):
                 return int(text)

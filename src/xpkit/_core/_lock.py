@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LockError
+from . import _yaml
 from ._paths import LOCK, atomic_write_text
 from ._schema import SCHEMA_VERSION, STATUSES, check_lock
-from ._yaml import YAMLError, dump_yaml, load_yaml, yaml_error_where
+from ._yaml import dump_yaml, load_yaml, yaml_error_where
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -172,7 +173,7 @@ def load_lock(path: str | os.PathLike[str]) -> RunLock:
         raise LockError(msg) from None
     try:
         data = load_yaml(text)
-    except YAMLError as e:
+    except _yaml.YAMLError as e:
         msg = f"{p}: invalid YAML{yaml_error_where(e)}"
         raise LockError(msg) from None
     if not isinstance(data, dict):

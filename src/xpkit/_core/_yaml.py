@@ -2,41 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
+    from yaml import YAMLError
 
 __all__ = ["YAMLError", "dump_yaml", "load_yaml", "yaml_error_where"]
 
-YAMLError = yaml.YAMLError
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def __getattr__(name: str) -> Any:
+    """``YAMLError``, PyYAML's, loaded on first use: a listing from the run index, which
+    reads no YAML, does not pay PyYAML's import (~9 ms)."""
+    if name == "YAMLError":
+        import yaml
 
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
-    """Safe dumper writing multi-line strings (tracebacks) as literal blocks, no aliases.
-
-    A value met twice is written twice: a lock reads (and greps) the same by hand, and
-    :func:`load_yaml` has no aliases to expand.
-    """
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+        return yaml.YAMLError
+    raise AttributeError(name)
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+@functools.cache
+def _yaml() -> tuple[Any, Any, Any]:
+    """PyYAML, its safe loader (the C one when PyYAML has it) and xpkit's dumper."""
+    import yaml
 
+    class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at runtime
+        """Safe dumper writing multi-line strings (tracebacks) as literal blocks, no aliases.
 
-_Dumper.add_representer(str, _represent_str)
+        A value met twice is written twice: a lock reads (and greps) the same by hand, and
+        :func:`load_yaml` has no aliases to expand.
+        """
+
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, represent_str)
+    return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader), Dumper
 
 
 def dump_yaml(data: Any) -> str:
     """Dump ``data`` as block-style YAML keeping key order."""
-    return yaml.dump(
-        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    yaml, _, dumper = _yaml()
+    text: str = yaml.dump(
+        data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
+    return text
 
 
 def load_yaml(text: str | bytes) -> Any:
@@ -50,8 +65,9 @@ def load_yaml(text: str | bytes) -> Any:
         yaml.YAMLError: the text is not valid YAML, holds a value Python refuses (an
             integer of more than 4300 digits), or aliases as above.
     """
+    yaml, loader, _ = _yaml()
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=loader)
     except (ValueError, RecursionError) as e:  # raised by the constructors, not YAML errors
         raise yaml.YAMLError(str(e).splitlines()[0]) from None
     anchored = b"&" in text if isinstance(text, bytes) else "&" in text
@@ -82,14 +98,14 @@ def _count_values(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int
         return known
     if id(node) in open_nodes:
         msg = "an alias makes a node contain itself"
-        raise yaml.YAMLError(msg)
+        raise _yaml()[0].YAMLError(msg)
     open_nodes.add(id(node))
     children = node.values() if isinstance(node, dict) else node
     total = 1 + sum(_count_values(child, sizes, open_nodes) for child in children)
     open_nodes.discard(id(node))
     if total > _MAX_VALUES:
         msg = f"aliases expand it to more than {_MAX_VALUES:,} values"
-        raise yaml.YAMLError(msg)
+        raise _yaml()[0].YAMLError(msg)
     sizes[id(node)] = total
     return total
 
