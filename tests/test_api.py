@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import xpkit
 from helpers import SRC
@@ -74,3 +76,33 @@ def test_import_loads_only_what_a_run_needs() -> None:
     assert not loaded & {"json", "socket", "logging", "hashlib", "traceback"}
     assert xpkit.runs is _runs.runs
     assert "hash_path" in dir(xpkit)
+
+
+def test_a_listing_from_the_index_reads_no_yaml(tmp_path: Path) -> None:
+    """xp.runs() of runs the index holds imports neither PyYAML nor OmegaConf; a run.lock
+    the index does not hold is read with PyYAML, loaded then."""
+    from xpkit._core._lock import RunLock, write_lock
+
+    for i in range(3):
+        run_dir = tmp_path / "results" / "s" / f"r{i}"
+        run_dir.mkdir(parents=True)
+        lock = RunLock(id=f"r{i}", stage="s", dir=str(run_dir), status="completed")
+        write_lock(run_dir / "run.lock", lock.replace(config={"lr": 0.1}))
+        past = time.time_ns() - 3600 * 10**9
+        os.utime(run_dir / "run.lock", ns=(past, past))
+    code = (
+        "import os, sys; os.chdir(sys.argv[1]); os.environ['XPKIT_ROOT'] = sys.argv[1]; "
+        "import xpkit as xp; n = len(xp.runs()); "
+        "print(n, 'yaml' in sys.modules, 'omegaconf' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+
+    def listed() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout.split("\n")[0]
+
+    assert listed() == "3 True False"  # the first listing reads the locks
+    assert listed() == "3 False False"  # from the index
