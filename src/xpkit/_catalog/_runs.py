@@ -113,11 +113,7 @@ def _find(
         tops = [t for p in path_or_glob for t in _expand(p)]
     walk = _Walk(overlapping=len(tops) > 1)
     for top in tops:
-        stamp = _lock_stamp(os.path.join(top, LOCK))
-        if stamp is not None:
-            walk.add_run(top, stamp, os.path.realpath(top))
-        else:
-            walk.walk(top)
+        walk.walk(top)
     return walk.runs()
 
 
@@ -442,23 +438,26 @@ class Runs(Sequence[Run]):
             self._columns[key] = values
         return values
 
-    _columns: dict[str, list[Any]]  # made by _order
+    _columns: dict[str, list[Any]]  # made by _order, as _codes
+    _codes: dict[str, Coded | None]
     _sliced: tuple[slice | None] | None = None
 
     def _coded(self, key: str) -> Coded | None:
         """The values of one record key dictionary-coded, one code per run, when the
-        column is held so (a config key's few values)."""
-        coded = self._store.ready().dictionary(key)
-        if coded is None:
-            return None
+        column is held so (a config key's few values); shared like :meth:`_values`."""
         order = self._order()
-        return coded.take(self._rows) if order is None else coded.sliced(order)
+        if key not in self._codes:
+            coded = self._store.ready().dictionary(key)
+            if coded is not None:
+                coded = coded.take(self._rows) if order is None else coded.sliced(order)
+            self._codes[key] = coded
+        return self._codes[key]
 
     def _order(self) -> slice | None:
         """The slice of the table these runs are, when they are all of it in order or
         reversed (newest first of runs named by their start): copied in C."""
         if self._sliced is None:
-            self._columns = {}
+            self._columns, self._codes = {}, {}
             self._sliced = (_order_of(self._rows, len(self._store.ready())),)
         return self._sliced[0]
 

@@ -82,6 +82,13 @@ _NUMBERS = frozenset({int, float, bool})  # 1 == 1.0 == True: never two in one c
 _CODED_MAX = 1 << 16  # distinct values of a coded column, at most
 
 
+def _codable(kinds: set[type], distinct: Iterable[Any]) -> bool:
+    """Whether values of these types, these distinct ones, can be one coded column."""
+    if not kinds <= _SCALARS or len(kinds & _NUMBERS) > 1:
+        return False
+    return float not in kinds or 0.0 not in distinct
+
+
 class Coded:
     """A column as its distinct values and, per row, the index of its value.
 
@@ -93,13 +100,13 @@ class Coded:
     same value; a float zero is never coded (0.0 == -0.0).
     """
 
-    __slots__ = ("_ids", "codes", "kinds", "values")
+    __slots__ = ("_ids", "_kinds", "codes", "values")
 
     def __init__(self, values: list[Any], codes: Sequence[int]) -> None:
         self.values = values
         self.codes = codes
-        self.kinds = frozenset(map(type, values))
-        self._ids: dict[Any, int] | None = None
+        self._ids: dict[Any, int] | None = None  # made by the first append, with _kinds
+        self._kinds: set[type] = set()
 
     @classmethod
     def of(cls, values: list[Any]) -> Coded | None:
@@ -108,12 +115,10 @@ class Coded:
         if n < 64:
             return None
         kinds = set(map(type, values))
-        if not kinds <= _SCALARS or len(kinds & _NUMBERS) > 1:
-            return None
-        if len(set(values[:256])) > 64:  # values that do not repeat
+        if not kinds <= _SCALARS or len(set(values[:256])) > 64:  # values that do not repeat
             return None
         distinct = list(dict.fromkeys(values))  # a NaN is its own value
-        if len(distinct) > min(_CODED_MAX, n // 2) or (float in kinds and 0.0 in distinct):
+        if len(distinct) > min(_CODED_MAX, n // 2) or not _codable(kinds, distinct):
             return None
         ids = {v: i for i, v in enumerate(distinct)}
         return cls(distinct, [ids[v] for v in values])
@@ -124,16 +129,17 @@ class Coded:
 
     def append(self, value: Any) -> bool:
         """Add a row; False when ``value`` cannot be coded with the others."""
-        kind = type(value)
-        if kind not in self.kinds:
-            if kind not in _SCALARS or (kind in _NUMBERS and self.kinds & _NUMBERS):
-                return False
-            self.kinds = self.kinds | {kind}
-        if kind is float and value == 0.0:
-            return False
         if self._ids is None:
             self._ids = {v: i for i, v in enumerate(self.values)}
+            self._kinds = set(map(type, self.values))
             self.codes = list(self.codes)
+        kind = type(value)
+        if kind not in self._kinds:
+            if not _codable(self._kinds | {kind}, ()):
+                return False
+            self._kinds.add(kind)
+        if kind is float and value == 0.0:
+            return False
         code = self._ids.get(value)
         if code is None:
             if len(self.values) >= _CODED_MAX:
@@ -175,10 +181,9 @@ class Coded:
         values, codes, size = stored
         if type(values) is not list or type(codes) is not bytes or len(codes) != n * size:
             return None
-        kinds = set(map(type, values))
-        if not values or len(values) > _CODED_MAX or not kinds <= _SCALARS:
+        if not values or len(values) > _CODED_MAX:
             return None
-        if len(kinds & _NUMBERS) > 1 or (float in kinds and 0.0 in values):
+        if not _codable(set(map(type, values)), values):
             return None  # not a column this module codes
         if size == 1 and len(values) < 256:
             if codes.translate(None, bytes(range(len(values)))):

@@ -17,7 +17,7 @@ import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._catalog._runs import Runs
@@ -94,7 +94,11 @@ def _json(shown: Runs) -> str:
     if not records:
         return "[]"
     keys = shown._key_order()
-    nested = {k for k in keys if not _NESTED.isdisjoint(map(type, shown._values(k)))}
+    nested = {  # a coded column holds scalars only
+        k
+        for k in keys
+        if shown._coded(k) is None and not _NESTED.isdisjoint(map(type, shown._values(k)))
+    }
     parts = []
     for record in records:
         text = _flat_json(record) if record and nested.isdisjoint(record) else None
@@ -184,7 +188,7 @@ def _varying(keys: list[str], shown: Runs) -> list[str]:
             continue
         coded = shown._coded(key) if groups is None else None
         if coded is not None:  # one code per value, of one type (1, 1.0 and True apart)
-            varies = _codes_vary(coded.codes)
+            varies = len(coded.present()) > 1
         elif groups is None:
             varies = _varies(shown._values(key))
         else:
@@ -210,17 +214,6 @@ def _varies(values: list[Any]) -> bool:
     if kinds <= _SCALARS:  # one type: equality is sameness, and list.count runs in C
         return values.count(values[0]) != len(values)
     return _varies_among(values)
-
-
-def _codes_vary(codes: Sequence[int]) -> bool:
-    if not codes:
-        return False
-    first = codes[0]
-    if any(code != first for code in codes[:64]):  # a column that varies mostly does so early
-        return True
-    if isinstance(codes, (bytes, list)):
-        return codes.count(first) != len(codes)  # in C
-    return len(set(codes)) > 1
 
 
 def _varies_among(values: list[Any]) -> bool:
